@@ -1,0 +1,98 @@
+"""The thin command line: global options, a table of commands, error-to-exit-code mapping.
+
+Each command lives in ``hugexml.commands.<module>`` and exposes ``HELP`` (one line),
+``EPILOG`` (an example), ``add_arguments(parser)`` and ``run(args, ctx) -> int``. Heavy
+imports (lxml, psutil, libvirt) happen inside ``run``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+from typing import Sequence
+
+from hugexml import __version__
+from hugexml.errors import HugexmlError
+from hugexml.root import HostRoot, config_from_env, state_dir_from_env
+
+# command name -> module under hugexml.commands
+COMMANDS: dict[str, str] = {
+    "plan": "plan",
+    "rewrite": "rewrite",
+    "status": "status",
+    "allocate": "allocate",
+    "shrink": "shrink",
+    "reserve": "reserve",
+    "release": "release",
+    "mounts": "mounts",
+    "boot": "boot",
+    "doctor": "doctor",
+    "install-hook": "install_hook",
+    "uninstall-hook": "uninstall_hook",
+    "apply": "apply",
+    "qemu-args": "qemu_args",
+}
+
+
+@dataclass(frozen=True)
+class Context:
+    root: HostRoot
+    state_dir: str
+    config_path: str
+    config_explicit: bool
+    verbose: int
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hugexml",
+        description="Hugepages for KVM guests: plan, rewrite, allocate, check.",
+        epilog="example: hugexml plan /etc/libvirt/qemu/vm1.xml --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--root", metavar="DIR", help="host root for sysfs/procfs (env HUGEXML_ROOT)")
+    parser.add_argument("--state-dir", metavar="DIR", help="ledger and lock dir (env HUGEXML_STATE_DIR, default /run/hugexml)")
+    parser.add_argument("--config", metavar="FILE", help="config file (env HUGEXML_CONFIG, default /etc/hugexml/hugexml.conf)")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("--version", action="version", version=f"hugexml {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"hugexml.commands.{module_name}")
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=module.HELP,
+            epilog=getattr(module, "EPILOG", None),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ctx = Context(
+        root=HostRoot.from_env(args.root),
+        state_dir=state_dir_from_env(args.state_dir),
+        config_path=config_from_env(args.config),
+        config_explicit=bool(args.config),
+        verbose=args.verbose,
+    )
+    try:
+        return int(args._module.run(args, ctx) or 0)
+    except HugexmlError as exc:
+        print(f"hugexml {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"hugexml {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

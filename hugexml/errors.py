@@ -1,0 +1,105 @@
+"""One exception hierarchy. Each class carries a message template (nova's msg_fmt).
+
+Callers pass the template's fields as keyword arguments; the hook and the CLI turn any
+HugexmlError into ONE stderr line and the class's exit code. Anything else is a
+programming error and keeps its traceback.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class HugexmlError(Exception):
+    msg_fmt = "hugexml failed"
+    exit_code = 2
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+        if message is None:
+            # A KeyError here is a programming error: let it propagate.
+            message = self.msg_fmt % kwargs
+        # One line, always: the hook's stderr becomes virsh's error line.
+        self.message = " ".join(str(message).split())
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- input ---------------------------------------------------------------------------
+class InvalidInput(HugexmlError):
+    """Bad user input: XML that cannot be read, bad option values."""
+
+    msg_fmt = "invalid input: %(reason)s"
+
+
+class InvalidXML(InvalidInput):
+    msg_fmt = "%(source)s: not a readable domain XML: %(reason)s"
+
+
+class InvalidDomain(InvalidInput):
+    """What libvirt itself would reject (message worded as libvirt words it)."""
+
+    msg_fmt = "domain '%(domain)s': %(reason)s"
+
+
+class UnsupportedPageSize(InvalidDomain):
+    msg_fmt = (
+        "domain '%(domain)s': hugepage size %(size_kib)d KiB is not supported by this host "
+        "(supported: %(supported)s)"
+    )
+
+
+class NoSuchHostNode(InvalidDomain):
+    msg_fmt = "domain '%(domain)s': NUMA node %(node)d is unavailable (host nodes: %(nodes)s)"
+
+
+class ConfigError(InvalidInput):
+    msg_fmt = "config %(path)s: %(key)s: %(reason)s"
+
+
+# --- host ----------------------------------------------------------------------------
+class HostError(HugexmlError):
+    """Reading or writing the host (sysfs, procfs, mounts) failed."""
+
+    msg_fmt = "%(path)s: %(reason)s"
+    exit_code = 1
+
+
+class PoolShort(HostError):
+    msg_fmt = (
+        "domain '%(domain)s': node %(node)d, %(size_kib)d KiB pages: needed %(needed)d more, "
+        "the kernel granted %(got)d; pools left unchanged. %(detail)s"
+    )
+
+
+class InsufficientPages(HostError):
+    msg_fmt = (
+        "domain '%(domain)s': node %(node)s, %(size_kib)d KiB pages: needs %(needed)d, "
+        "%(available)d available and %(possible)d more allocatable. %(detail)s"
+    )
+
+
+class MarginViolation(HostError):
+    msg_fmt = (
+        "domain '%(domain)s': node %(node)d: taking %(pages)d x %(size_kib)d KiB pages would "
+        "leave %(left_kib)d KiB of normal memory, below the floor of %(floor_kib)d KiB "
+        "(margin in hugexml.conf)"
+    )
+
+
+class LockTimeout(HostError):
+    msg_fmt = "could not take the lock %(path)s within %(seconds).1f s (another hugexml holds it)"
+
+
+class LedgerError(HostError):
+    msg_fmt = "ledger %(path)s: %(reason)s"
+
+
+class MountMissing(HostError):
+    msg_fmt = "domain '%(domain)s': %(reason)s"
+
+
+class LibvirtError(HugexmlError):
+    msg_fmt = "libvirt: %(reason)s"
+    exit_code = 1

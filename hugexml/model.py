@@ -1,0 +1,166 @@
+"""Typed model of what hugexml reads from a domain and a host, and what it plans.
+
+Pure data: no I/O, no lxml. ``hugexml.domxml`` fills ``Domain`` from XML, ``hugexml.hostinfo``
+fills ``HostInfo`` from sysfs, ``hugexml.plan`` turns both into a ``Plan``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+SYSTEM_PAGE_KIB = 4
+
+POLICIES = ("strict", "preferred", "interleave", "restrictive")
+SOURCES = ("file", "memfd", "anonymous")
+MEMORY_DEVICE_MODELS = ("dimm", "virtio-mem", "nvdimm", "virtio-pmem", "sgx-epc")
+
+
+@dataclass(frozen=True)
+class PageSpec:
+    """One ``<hugepages><page>``: size (None for bare ``<hugepages/>``) and guest cells."""
+
+    size_kib: Optional[int]
+    guest_cells: Optional[frozenset[int]] = None  # None: no nodeset (master size)
+
+
+@dataclass(frozen=True)
+class Cell:
+    cell_id: int
+    memory_kib: int
+    mem_access: Optional[str] = None  # 'shared' | 'private' | None
+
+
+@dataclass(frozen=True)
+class MemNode:
+    cell_id: int
+    mode: str
+    nodeset: frozenset[int]
+
+
+@dataclass(frozen=True)
+class NumaTune:
+    mode: Optional[str] = None  # of <memory>; None when absent
+    nodeset: Optional[frozenset[int]] = None
+    placement: Optional[str] = None  # 'static' | 'auto' | None
+    memnodes: tuple[MemNode, ...] = ()
+
+
+@dataclass(frozen=True)
+class MemoryDevice:
+    model: str
+    index: int  # document order among memory devices
+    size_kib: int
+    target_node: Optional[int]
+    source_page_kib: Optional[int] = None
+    source_nodemask: Optional[frozenset[int]] = None
+    access: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    uuid: Optional[str]
+    memory_kib: int
+    hugepages: bool  # <hugepages> present
+    pages: tuple[PageSpec, ...] = ()
+    source: Optional[str] = None  # <memoryBacking><source type>; None when absent
+    access: Optional[str] = None  # <memoryBacking><access mode>
+    cells: tuple[Cell, ...] = ()
+    numatune: Optional[NumaTune] = None
+    memory_devices: tuple[MemoryDevice, ...] = ()
+    max_memory_kib: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """What the plan needs to know of a host. ``nodes`` empty: no NUMA information."""
+
+    default_page_kib: Optional[int]
+    page_sizes_kib: tuple[int, ...]
+    nodes: tuple[int, ...] = (0,)
+    system_page_kib: int = SYSTEM_PAGE_KIB
+    # Host nodes a numad/placement='auto' guest is advised to; None: all nodes.
+    auto_nodes: Optional[tuple[int, ...]] = None
+
+
+@dataclass(frozen=True)
+class Consumer:
+    kind: str  # 'cell', 'memory', or a memory device model
+    guest_cell: Optional[int]
+    index: Optional[int]
+    size_kib: int
+    page_size_kib: Optional[int]  # None: normal RAM
+    pages: int
+    host_nodes: Optional[tuple[int, ...]]  # None: any node
+    policy: Optional[str]
+    source: str
+    shared: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "guest_cell": self.guest_cell,
+            "index": self.index,
+            "size_kib": self.size_kib,
+            "page_size_kib": self.page_size_kib,
+            "pages": self.pages,
+            "host_nodes": list(self.host_nodes) if self.host_nodes is not None else None,
+            "policy": self.policy,
+            "source": self.source,
+            "shared": self.shared,
+        }
+
+
+@dataclass(frozen=True)
+class DemandItem:
+    page_size_kib: int
+    host_nodes: Optional[tuple[int, ...]]
+    pages: int
+    # 'strict' | 'preferred' | 'interleave' | 'restrictive' | None (unbound)
+    policy: Optional[str] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "page_size_kib": self.page_size_kib,
+            "host_nodes": list(self.host_nodes) if self.host_nodes is not None else None,
+            "pages": self.pages,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    domain: str
+    uuid: Optional[str]
+    consumers: tuple[Consumer, ...]
+    demand: tuple[DemandItem, ...] = field(default=())
+
+    @property
+    def hugepages(self) -> bool:
+        return any(c.page_size_kib is not None for c in self.consumers)
+
+    @property
+    def file_backed_sizes_kib(self) -> tuple[int, ...]:
+        """Page sizes that need a hugetlbfs mount (memfd needs none)."""
+        return tuple(sorted({
+            c.page_size_kib for c in self.consumers
+            if c.page_size_kib is not None and c.source == "file"
+        }))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "domain": self.domain,
+            "uuid": self.uuid,
+            "hugepages": self.hugepages,
+            "consumers": [c.to_json() for c in self.consumers],
+            "demand": [d.to_json() for d in self.demand],
+        }
+
+
+@dataclass(frozen=True)
+class GuestId:
+    name: str
+    uuid: Optional[str] = None
+
+    @property
+    def key(self) -> str:
+        return self.uuid or self.name

@@ -1,0 +1,81 @@
+"""Shared fixtures: the libvirt corpus, and a guard for tests that touch the real host.
+
+Tests marked ``realkernel`` or ``libvirt`` take one exclusive lock (so they never run
+against each other, even across pytest processes), snapshot every hugepage pool and the
+hugetlbfs mounts, and put them back afterwards, whatever the test did.
+"""
+from __future__ import annotations
+
+import fcntl
+import glob
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HUGEXML_SHARED", REPO.parent / "shared"))
+CORPUS = SHARED / "testdata" / "libvirt-qemuxmlconf"
+REAL_LOCK = "/run/lock/hugexml-tests.lock"
+# CI sets this: a real-host test that cannot run is a failure there, not a skip.
+REQUIRE_REAL = os.environ.get("HUGEXML_REQUIRE_REAL") == "1"
+
+
+def real_host_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    if not os.path.isdir("/sys/kernel/mm/hugepages"):
+        return "no hugetlb support in this kernel"
+    return None
+
+
+def _skip_or_fail(reason: str) -> None:
+    if REQUIRE_REAL:
+        pytest.fail(f"real-host test cannot run: {reason}")
+    pytest.skip(reason)
+
+
+def snapshot_pools() -> dict[str, str]:
+    paths = glob.glob("/sys/kernel/mm/hugepages/hugepages-*/nr_hugepages")
+    paths += glob.glob("/sys/devices/system/node/node*/hugepages/hugepages-*/nr_hugepages")
+    return {p: Path(p).read_text().strip() for p in paths}
+
+
+def hugetlbfs_mounts() -> set[str]:
+    with open("/proc/self/mounts", encoding="utf-8") as fh:
+        return {line.split()[1] for line in fh if line.split()[2:3] == ["hugetlbfs"]}
+
+
+@pytest.fixture
+def corpus() -> Path:
+    if not CORPUS.is_dir():
+        pytest.fail(f"libvirt corpus not found at {CORPUS} (set HUGEXML_SHARED)")
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def real_host_lock():
+    reason = real_host_unavailable()
+    if reason:
+        _skip_or_fail(reason)
+    os.makedirs(os.path.dirname(REAL_LOCK), exist_ok=True)
+    with open(REAL_LOCK, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+        fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def real_host(real_host_lock):
+    """Exclusive use of the real host; pools and hugetlbfs mounts restored afterwards."""
+    pools = snapshot_pools()
+    mounts = hugetlbfs_mounts()
+    yield
+    for mount in sorted(hugetlbfs_mounts() - mounts, reverse=True):
+        os.system(f"umount {mount!r} 2>/dev/null || umount -l {mount!r}")
+    # Per-size global counts last, so they win over per-node writes.
+    for path in sorted(pools, key=lambda p: p.startswith("/sys/kernel")):
+        with open(path, "w") as fh:
+            fh.write(pools[path])
+    leftover = {p: v for p, v in snapshot_pools().items() if pools.get(p) != v}
+    assert not leftover, f"hugepage pools not restored: {leftover}"
