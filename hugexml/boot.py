@@ -1,0 +1,338 @@
+"""Boot-time hugepage pools: kernel command line, grub, sysctl.d, and the early-boot service.
+
+Kernel syntax (Documentation/admin-guide/kernel-parameters.txt and
+Documentation/admin-guide/mm/hugetlbpage.rst):
+- ``default_hugepagesz=size[KMG]``, once;
+- ``hugepagesz=size[KMG]`` followed by ``hugepages=<integer>``, one pair per size: a
+  ``hugepages=`` applies to the ``hugepagesz=`` just before it (a ``hugepages=`` before any
+  ``hugepagesz=`` means the default size, and then cannot be overridden, so we always write
+  explicit pairs);
+- node format ``hugepages=<node>:<integer>[,<node>:<integer>]`` (Linux 5.16, commit
+  b5389086ad7b "hugetlbfs: extend the definition of hugepages parameter to support node
+  allocation").
+Gigantic (1G) pages are reliable only from the command line: at runtime memory fragments.
+
+``--apply`` edits the boot entries with grubby where it exists; otherwise it prints the exact
+edit of /etc/default/grub and the command that regenerates grub.cfg (never written here).
+``--apply-runtime`` is what hugexml-reserve.service runs early at boot: [boot] reserve of
+hugexml.conf through the allocator's admin path, per node, idempotent (it adds only what the
+ledger's admin pages for that pool lack).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from hugexml.errors import HostError, InvalidInput
+from hugexml.hostinfo import read_default_page_kib, read_nodes, read_page_sizes_kib
+from hugexml.root import HostRoot
+from hugexml.units import MAX_NODES, UnitError, format_kib, parse_cli_size_kib
+
+HUGETLB_KEYS = ("default_hugepagesz", "hugepagesz", "hugepages")
+NODE_FORMAT_KERNEL = (5, 16)
+MAX_COUNT = 1 << 32
+SYSCTL_FILE = "etc/sysctl.d/80-hugexml.conf"
+_SPEC = re.compile(r"\s*([^:@\s]+)\s*:\s*([0-9]{1,12})\s*(?:@\s*([0-9]{1,5}))?\s*\Z")
+
+
+@dataclass(frozen=True)
+class ReserveSpec:
+    size_kib: int
+    count: int
+    node: Optional[int] = None
+
+    def __str__(self) -> str:
+        node = f"@{self.node}" if self.node is not None else ""
+        return f"{format_kib(self.size_kib)}:{self.count}{node}"
+
+
+def parse_spec(text: str) -> ReserveSpec:
+    """``SIZE:COUNT[@NODE]``: ``1G:4@1``, ``2M:512``."""
+    m = _SPEC.match(text or "")
+    if not m:
+        raise InvalidInput(reason=f"reservation '{text[:40]}' is not SIZE:COUNT[@NODE] "
+                                  "(e.g. 1G:4@0 or 2M:512)")
+    try:
+        size_kib = parse_cli_size_kib(m.group(1))
+    except UnitError as exc:
+        raise InvalidInput(reason=f"reservation '{text}': {exc}") from None
+    count = int(m.group(2))
+    if count >= MAX_COUNT:
+        raise InvalidInput(reason=f"reservation '{text}': {count} pages is out of range")
+    node = int(m.group(3)) if m.group(3) is not None else None
+    if node is not None and node >= MAX_NODES:
+        raise InvalidInput(reason=f"reservation '{text}': node {node} is out of range "
+                                  f"(max {MAX_NODES - 1})")
+    return ReserveSpec(size_kib, count, node)
+
+
+def parse_specs(texts: Sequence[str]) -> list[ReserveSpec]:
+    """Several specs (each may hold several, space or comma separated). A size given both
+    per node and for all nodes, or a pool given twice, is rejected."""
+    specs = [parse_spec(t) for text in texts for t in re.split(r"[\s,]+", text) if t]
+    seen: dict[tuple[int, Optional[int]], ReserveSpec] = {}
+    for spec in specs:
+        key = (spec.size_kib, spec.node)
+        if key in seen:
+            raise InvalidInput(reason=f"reservation {spec} repeats {seen[key]}")
+        seen[key] = spec
+    for size_kib in {s.size_kib for s in specs}:
+        nodes = {s.node for s in specs if s.size_kib == size_kib}
+        if None in nodes and len(nodes) > 1:
+            raise InvalidInput(reason=f"{format_kib(size_kib)} pages are given both for all "
+                                      "nodes and per node: use one form")
+    return specs
+
+
+# --- the kernel command line (pure) -----------------------------------------------------
+def kernel_params(specs: Sequence[ReserveSpec], default_kib: Optional[int] = None) -> list[str]:
+    """Parameters in the order the kernel needs: default_hugepagesz first, then one
+    ``hugepagesz=`` / ``hugepages=`` pair per size (the default size first)."""
+    params = []
+    if default_kib is not None:
+        params.append(f"default_hugepagesz={format_kib(default_kib)}")
+    sizes = sorted({s.size_kib for s in specs}, key=lambda k: (k != default_kib, k))
+    for size_kib in sizes:
+        mine = [s for s in specs if s.size_kib == size_kib]
+        params.append(f"hugepagesz={format_kib(size_kib)}")
+        if mine[0].node is None:
+            params.append(f"hugepages={mine[0].count}")
+        else:
+            by_node = sorted(mine, key=lambda s: s.node or 0)
+            per_node = ",".join(f"{s.node}:{s.count}" for s in by_node)
+            params.append(f"hugepages={per_node}")
+    return params
+
+
+def strip_hugetlb(tokens: Sequence[str]) -> list[str]:
+    return [t for t in tokens if t.split("=", 1)[0] not in HUGETLB_KEYS]
+
+
+def merged_cmdline(current: str, params: Sequence[str]) -> str:
+    """``current`` without its hugetlb parameters, ours appended (kept together, in order)."""
+    return " ".join([*strip_hugetlb(current.split()), *params])
+
+
+# --- checks against the host --------------------------------------------------------------
+def _kernel_version(root: HostRoot) -> Optional[tuple[int, int]]:
+    try:
+        with open(root.path("proc/sys/kernel/osrelease"), encoding="ascii") as fh:
+            m = re.match(r"(\d+)\.(\d+)", fh.read(64))
+    except OSError:
+        return None
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _meminfo_kib(path: str, key: str) -> Optional[int]:
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                fields = line.replace(":", " ").split()
+                if key in fields:
+                    return int(fields[fields.index(key) + 1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_host(root: HostRoot, specs: Sequence[ReserveSpec], default_kib: Optional[int],
+               margin_min_kib: int = 1 << 20, margin_percent: int = 5) -> list[str]:
+    """Refuses what the host cannot boot with (InvalidInput); returns warnings."""
+    notes = []
+    sizes = read_page_sizes_kib(root)
+    cpu_1g = _has_pdpe1gb(root)
+    for size_kib in sorted({s.size_kib for s in specs} | ({default_kib} if default_kib else set())):
+        if size_kib in sizes:
+            continue
+        if size_kib == 1 << 20 and cpu_1g is False:
+            raise InvalidInput(reason="1G pages need a CPU with pdpe1gb; this one has none")
+        if sizes:
+            raise InvalidInput(reason=f"this kernel has no {format_kib(size_kib)} hugepages "
+                                      f"(it has: {', '.join(format_kib(s) for s in sizes)})")
+    nodes = read_nodes(root)
+    per_node = [s for s in specs if s.node is not None]
+    for spec in per_node:
+        if nodes and spec.node not in nodes:
+            raise InvalidInput(reason=f"reservation {spec}: node {spec.node} does not exist "
+                                      f"(nodes: {', '.join(map(str, nodes))})")
+    version = _kernel_version(root)
+    if per_node and version is not None and version < NODE_FORMAT_KERNEL:
+        raise InvalidInput(reason=f"the per-node form hugepages=N:COUNT needs Linux 5.16 or "
+                                  f"later (this is {version[0]}.{version[1]}): put the "
+                                  "reservation in [boot] reserve for hugexml-reserve.service")
+    total_kib = _meminfo_kib(root.path("proc/meminfo"), "MemTotal")
+    want: dict[Optional[int], int] = {}
+    for spec in specs:
+        want[spec.node] = want.get(spec.node, 0) + spec.count * spec.size_kib
+    for node, kib in sorted(want.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
+        if node is None:
+            mem, where = total_kib, "the host"
+        else:
+            mem = _meminfo_kib(root.path(f"sys/devices/system/node/node{node}/meminfo"), "MemTotal")
+            where = f"node {node}"
+        if mem is None:
+            continue
+        floor = max(margin_min_kib, mem * margin_percent // 100)
+        if kib > mem - floor:
+            raise InvalidInput(reason=f"reserving {human_kib(kib)} on {where} would leave less "
+                                      f"than {human_kib(floor)} of its {human_kib(mem)} "
+                                      "for the host: the boot would run out of memory")
+    all_nodes = sum(kib for n, kib in want.items() if n is not None)
+    if all_nodes and total_kib:
+        if all_nodes > total_kib - max(margin_min_kib, total_kib * margin_percent // 100):
+            raise InvalidInput(reason="the per-node reservations together leave too little "
+                                      "memory for the host")
+    if any(s.size_kib == 1 << 20 and s.count for s in specs):
+        notes.append("1G pages: the kernel takes them from memblock before anything fragments "
+                     "memory; a smaller runtime reservation would likely fail")
+    return notes
+
+
+def human_kib(kib: int) -> str:
+    """1234182 -> '1.2 GiB' (reports only; exact sizes use units.format_kib)."""
+    for unit, scale in (("TiB", 1 << 30), ("GiB", 1 << 20), ("MiB", 1 << 10)):
+        if kib >= scale:
+            return f"{kib / scale:.1f} {unit}"
+    return f"{kib} KiB"
+
+
+def _has_pdpe1gb(root: HostRoot) -> Optional[bool]:
+    try:
+        with open(root.path("proc/cpuinfo"), encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return "pdpe1gb" in line.split()
+    except OSError:
+        return None
+    return None
+
+
+# --- applying: grubby or /etc/default/grub -----------------------------------------------
+Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+
+
+def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=120)
+
+
+def grubby_commands(params: Sequence[str], info_output: str) -> list[list[str]]:
+    """Remove every hugetlb parameter the boot entries carry, then add ours in order."""
+    existing: list[str] = []
+    for m in re.finditer(r'^args="?([^"\n]*)"?\s*$', info_output, re.M):
+        for token in m.group(1).split():
+            if token.split("=", 1)[0] in HUGETLB_KEYS and token not in existing:
+                existing.append(token)
+    cmds = []
+    if existing:
+        cmds.append(["grubby", "--update-kernel=ALL", f"--remove-args={' '.join(existing)}"])
+    cmds.append(["grubby", "--update-kernel=ALL", f"--args={' '.join(params)}"])
+    return cmds
+
+
+def apply_grubby(params: Sequence[str], runner: Runner = _run) -> list[str]:
+    info = runner(["grubby", "--info=ALL"])
+    if info.returncode != 0:
+        raise HostError(path="grubby", reason=f"--info=ALL failed: {info.stderr.strip()[:200]}")
+    done = []
+    for argv in grubby_commands(params, info.stdout):
+        result = runner(argv)
+        if result.returncode != 0:
+            raise HostError(path="grubby", reason=f"{shlex.join(argv[1:])} failed: "
+                                                  f"{result.stderr.strip()[:200]}")
+        done.append(shlex.join(argv))
+    return done
+
+
+def grub_default_edit(root: HostRoot, params: Sequence[str],
+                      which: Callable[[str], Optional[str]] = shutil.which) -> dict[str, Any]:
+    """The exact /etc/default/grub edit and the regenerate command (nothing is written)."""
+    path = root.path("etc/default/grub")
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+            lines = fh.read().splitlines()
+    except FileNotFoundError:
+        lines = []
+    except OSError as exc:
+        raise HostError(path=path, reason=exc.strerror or str(exc)) from exc
+    old = None
+    current = ""
+    for line in lines:
+        m = re.match(r"\s*GRUB_CMDLINE_LINUX=(.*)$", line)
+        if m:
+            old = line
+            try:
+                parts = shlex.split(m.group(1))
+            except ValueError as exc:
+                raise HostError(path=path, reason=f"cannot read GRUB_CMDLINE_LINUX: {exc}") from exc
+            current = " ".join(parts)
+    new = f'GRUB_CMDLINE_LINUX="{merged_cmdline(current, params)}"'
+    if which("update-grub"):
+        regen = "update-grub"
+    elif which("grub2-mkconfig") or os.path.isdir(root.path("boot/grub2")):
+        regen = "grub2-mkconfig -o /boot/grub2/grub.cfg"
+    else:
+        regen = "grub-mkconfig -o /boot/grub/grub.cfg"
+    return {"file": "/etc/default/grub", "old": old, "new": new, "regenerate": regen}
+
+
+# --- sysctl.d ---------------------------------------------------------------------------
+def sysctl_snippet(specs: Sequence[ReserveSpec], default_kib: Optional[int]) -> str:
+    """vm.nr_hugepages for the default size (whole host only: sysctl has no per-node form)."""
+    mine = [s for s in specs if s.size_kib == default_kib]
+    if not mine:
+        raise InvalidInput(reason=f"--sysctl sets vm.nr_hugepages, the default size "
+                                  f"({format_kib(default_kib or 0)}); no reservation of that "
+                                  "size given")
+    if mine[0].node is not None:
+        raise InvalidInput(reason="vm.nr_hugepages has no per-node form: put per-node "
+                                  "reservations in [boot] reserve (hugexml-reserve.service)")
+    return ("# Written by hugexml boot --sysctl: the default hugepage size's pool at boot.\n"
+            f"vm.nr_hugepages = {mine[0].count}\n")
+
+
+def write_sysctl(root: HostRoot, text: str) -> str:
+    from hugexml.mountunits import write_text_atomic
+
+    path = root.path(SYSCTL_FILE)
+    write_text_atomic(path, text)
+    return path
+
+
+# --- runtime: [boot] reserve through the allocator ---------------------------------------
+def apply_runtime(specs: Sequence[ReserveSpec], allocator: Any,
+                  dry_run: bool = False) -> list[dict[str, Any]]:
+    """Add what the ledger's admin pages lack for each spec; errors are collected per spec
+    (the boot goes on), each as one line."""
+    from hugexml.errors import HugexmlError
+    from hugexml.ledger import parse_pool_key
+
+    try:
+        admin = allocator.snapshot().get("admin", {})
+    except HugexmlError as exc:
+        return [{"spec": str(s), "error": str(exc)} for s in specs]
+    results = []
+    for spec in specs:
+        have = 0
+        for pk, pages in admin.items():
+            node, size_kib = parse_pool_key(pk)
+            if size_kib == spec.size_kib and (spec.node is None or node == spec.node):
+                have += int(pages)
+        need = max(0, spec.count - have)
+        row: dict[str, Any] = {"spec": str(spec), "admin_pages": have, "adding": need}
+        if need:
+            try:
+                row["result"] = allocator.allocate_admin(spec.size_kib, need, spec.node, dry_run)
+            except HugexmlError as exc:
+                row["error"] = str(exc)
+        results.append(row)
+    return results
+
+
+def default_size(root: HostRoot) -> Optional[int]:
+    return read_default_page_kib(root)

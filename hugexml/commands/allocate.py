@@ -1,0 +1,40 @@
+"""hugexml allocate: add pages to the pools as an admin change (raises the baseline)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+HELP = "add N hugepages of SIZE to the pools (admin pages: guest releases never take them)"
+EPILOG = """examples:
+  hugexml allocate --size 2M --count 512 --node 0
+  hugexml allocate --size 1G --count 4 --dry-run --json"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", required=True, metavar="SIZE", help="page size: 2M, 1G, 2048KiB")
+    p.add_argument("--count", required=True, type=int, metavar="N", help="pages to add")
+    p.add_argument("--node", type=int, metavar="N",
+                   help="host NUMA node (default: the nodes with the most free memory first)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show where pages would go, change nothing")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace, ctx: Any) -> int:
+    from hugexml.commands._alloc import (
+        allocator,
+        count_arg,
+        fmt_pools,
+        node_arg,
+        print_json,
+        size_arg,
+    )
+
+    size_kib, count, node = size_arg(args.size), count_arg(args.count), node_arg(args.node)
+    result = allocator(ctx).allocate_admin(size_kib, count, node, dry_run=args.dry_run)
+    if args.json:
+        print_json(result)
+    else:
+        verb = "would add" if args.dry_run else "added"
+        print(f"{verb}: {fmt_pools(result['add'])}")
+    return 0

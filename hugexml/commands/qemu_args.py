@@ -1,0 +1,106 @@
+"""hugexml qemu-args: the qemu memory arguments of a domain, for running it without libvirt."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+HELP = "print the qemu memory arguments (-m, -mem-path or -object/-numa) for a domain XML"
+EPILOG = """examples:
+  hugexml qemu-args vm1.xml
+  hugexml qemu-args vm1.xml --objects --mount 1G=/mnt/huge1G --json
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("domain_xml", metavar="DOMAIN.xml", help="domain XML file ('-' for stdin)")
+    p.add_argument("--json", action="store_true", help="print argv and backends as JSON")
+    p.add_argument(
+        "--objects",
+        action="store_true",
+        help="always use -object memory backends (as libvirt does), never -mem-path",
+    )
+    p.add_argument(
+        "--mount",
+        action="append",
+        default=[],
+        metavar="SIZE=PATH",
+        help="hugetlbfs mount for a page size, instead of the host's (repeatable)",
+    )
+    p.add_argument(
+        "--memory-backing-dir",
+        default="/var/lib/libvirt/qemu/ram",
+        metavar="DIR",
+        help="directory for file-backed normal memory (default: %(default)s)",
+    )
+    p.add_argument(
+        "--hugetlbfs-subdir",
+        default="",
+        metavar="TEMPLATE",
+        help="directory under the mount for the guest's files, {name}/{short_name} "
+        "expanded (default: the mount itself)",
+    )
+    p.add_argument(
+        "--backing-subdir",
+        default="{name}",
+        metavar="TEMPLATE",
+        help="directory under --memory-backing-dir (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-align",
+        action="store_true",
+        help="keep memory sizes unaligned (as libvirt does for incoming migration)",
+    )
+
+
+def parse_mount_option(text: str) -> tuple[int, str]:
+    from hugexml.errors import InvalidInput
+    from hugexml.units import UnitError, parse_cli_size_kib
+
+    size, sep, path = text.partition("=")
+    if not sep or not path.startswith("/"):
+        raise InvalidInput(reason=f"--mount '{text}' is not SIZE=/absolute/path")
+    try:
+        return parse_cli_size_kib(size), path
+    except UnitError as exc:
+        raise InvalidInput(reason=f"--mount: {exc}") from None
+
+
+def run(args: argparse.Namespace, ctx: Any) -> int:
+    from hugexml import qemuargs, qemurender
+    from hugexml.errors import InvalidInput
+    from hugexml.hostinfo import read_host_info
+    from hugexml.mounts import list_mounts
+    from hugexml.xmlsafe import read_limited
+
+    source = args.domain_xml
+    if source == "-":
+        data = read_limited(sys.stdin.buffer, "<stdin>")
+    else:
+        try:
+            with open(source, "rb") as fh:
+                data = read_limited(fh, source)
+        except OSError as exc:
+            raise InvalidInput(reason=f"{source}: {exc.strerror or exc}") from None
+    host = read_host_info(ctx.root)
+    mounts = {m.page_size_kib: m.path for m in reversed(list_mounts(ctx.root))}
+    mounts.update(parse_mount_option(m) for m in args.mount)
+    env = qemuargs.QemuEnv(
+        mounts=mounts,
+        default_page_kib=host.default_page_kib,
+        auto_nodes=host.auto_nodes or host.nodes,
+        system_page_kib=host.system_page_kib,
+        memory_backing_dir=args.memory_backing_dir,
+        hugetlbfs_subdir=args.hugetlbfs_subdir,
+        backing_subdir=args.backing_subdir,
+        align=not args.no_align,
+    )
+    mem = qemuargs.from_xml(data, env, host, source)
+    argv = qemurender.argv(mem, objects=args.objects)
+    if args.json:
+        print(json.dumps(qemurender.to_json(mem, argv), indent=2))
+    else:
+        sys.stdout.write(qemurender.format_shell(argv))
+    return 0

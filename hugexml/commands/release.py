@@ -1,0 +1,37 @@
+"""hugexml release: what the hook's release does, by hand: give back a guest's added pages."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+HELP = "give back the hugepages hugexml added for a guest (only pages that are free)"
+EPILOG = """examples:
+  hugexml release vm1
+  hugexml release 8f1d6c3e-0b6a-4a43-9d7e-3f3c4f0e7a11 --json"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("guest", metavar="NAME|UUID", help="guest name or uuid as in the ledger")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace, ctx: Any) -> int:
+    from hugexml.commands._alloc import allocator, fmt_pools, print_json
+    from hugexml.errors import InvalidInput
+    from hugexml.model import GuestId
+
+    name = args.guest.strip()
+    if not name or len(name) > 256 or any(c in name for c in "\n\0"):
+        raise InvalidInput(reason="guest name must be 1-256 characters on one line")
+    result = allocator(ctx).release(GuestId(name))
+    if args.json:
+        print_json(result)
+    elif result["guest"] is None:
+        print(f"{name}: not in the ledger; released owed pages: {fmt_pools(result['released'])}")
+    else:
+        print(f"{name}: released {fmt_pools(result['released'])}")
+        if result["kept"]:
+            print(f"kept in the pool (release policy 'keep'): {fmt_pools(result['kept'])}")
+        if result["unreleased"]:
+            print(f"still in use, given back later: {fmt_pools(result['unreleased'])}")
+    return 0 if result["guest"] is not None else 1

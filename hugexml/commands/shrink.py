@@ -1,0 +1,40 @@
+"""hugexml shrink: remove free pages from the pools, never pages guests in the ledger need."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+HELP = "remove up to N free hugepages of SIZE (never pages claimed or used by guests)"
+EPILOG = """examples:
+  hugexml shrink --size 2M --count 512 --node 0
+  hugexml shrink --size 1G --count 4 --json"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", required=True, metavar="SIZE", help="page size: 2M, 1G, 2048KiB")
+    p.add_argument("--count", required=True, type=int, metavar="N",
+                   help="pages to remove (at most)")
+    p.add_argument("--node", type=int, metavar="N", help="host NUMA node (default: any)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace, ctx: Any) -> int:
+    from hugexml.commands._alloc import (
+        allocator,
+        count_arg,
+        fmt_pools,
+        node_arg,
+        print_json,
+        size_arg,
+    )
+
+    size_kib, count, node = size_arg(args.size), count_arg(args.count), node_arg(args.node)
+    result = allocator(ctx).shrink_admin(size_kib, count, node)
+    removed = sum(result["removed"].values())
+    if args.json:
+        print_json(result)
+    else:
+        print(f"removed: {fmt_pools(result['removed'])}")
+        if removed < count:
+            print(f"{count - removed} of {count} pages were not free, or guests need them")
+    return 0 if removed == count else 1

@@ -1,0 +1,169 @@
+"""hugexml status: the hugepage pools per node and size, the mounts, the guests in the ledger."""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+HELP = "show hugepage pools per node and size, hugetlbfs mounts and claimed guests"
+EPILOG = """examples:
+  hugexml status
+  hugexml status --json
+  hugexml status --reconcile     # first compare the ledger with the kernel (takes the lock)"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.add_argument("--reconcile", action="store_true",
+                   help="reconcile the ledger with the kernel first (finishes crashed "
+                        "transactions, gives back owed pages, moves a corrupt ledger aside)")
+
+
+def _mounts(ctx: Any, default_kib: Any) -> list[dict[str, Any]]:
+    try:
+        from hugexml.mounts import list_mounts
+    except ImportError:
+        return _mounts_minimal(ctx, default_kib)
+    return [{"path": m.path, "page_size_kib": m.page_size_kib} for m in list_mounts(ctx.root)]
+
+
+def _mounts_minimal(ctx: Any, default_kib: Any) -> list[dict[str, Any]]:
+    from hugexml.units import UnitError, parse_cli_size_kib
+
+    out = []
+    try:
+        with open(ctx.root.path("proc/self/mounts"), encoding="utf-8", errors="replace") as fh:
+            lines = fh.read(1 << 20).splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 4 or fields[2] != "hugetlbfs":
+            continue
+        size_kib = default_kib
+        for opt in fields[3].split(","):
+            if opt.startswith("pagesize="):
+                try:
+                    size_kib = parse_cli_size_kib(opt[9:])
+                except UnitError:
+                    size_kib = None
+        out.append({"path": fields[1].replace("\\040", " "), "page_size_kib": size_kib})
+    return out
+
+
+def collect_status(ctx: Any) -> dict[str, Any]:
+    """Everything ``status`` shows, as data (also what ``--json`` prints)."""
+    from hugexml import ledger as lg
+    from hugexml.commands._alloc import gateway
+    from hugexml.errors import HugexmlError
+    from hugexml.fit import resv_share
+    from hugexml.hostinfo import read_default_page_kib
+    from hugexml.txn import read_view
+
+    gw = gateway(ctx)
+    sizes = tuple(gw.page_sizes_kib())
+    view = read_view(gw, sizes)
+    ledger = lg.Ledger(ctx.state_dir)
+    status: dict[str, Any] = {"state_dir": ctx.state_dir, "ledger_error": None}
+    try:
+        data = ledger.read()
+    except HugexmlError as exc:
+        status["ledger_error"] = str(exc)
+        data = lg.empty_ledger()
+    try:
+        from hugexml.host import predict_allocatable
+
+        buddy = gw.buddyinfo()
+    except (HugexmlError, ImportError):
+        buddy = {}
+
+    pools = []
+    for (node, size_kib), pool in sorted(view.pools.items()):
+        pk = lg.pool_key(node, size_kib)
+        zones = buddy.get(node, {})
+        predicted = sum(predict_allocatable(list(orders), size_kib)
+                        for zone, orders in zones.items() if zone != "DMA") if zones else None
+        pools.append({
+            "node": node, "size_kib": size_kib, "total": pool.persistent + pool.surplus,
+            "free": pool.free, "reserved_at_most": resv_share(view, node, size_kib),
+            "surplus": pool.surplus, "claimed": lg.pending_claims(data, pk),
+            "added_by_hugexml": lg.hugexml_pages(data, pk) if pk in data["baseline"] else 0,
+            "baseline": data["baseline"].get(pk),
+            "predicted_allocatable": predicted,
+        })
+    globals_ = {}
+    for size_kib in sizes:
+        g = gw.global_pool(size_kib)
+        globals_[str(size_kib)] = {"total": g.nr, "free": g.free, "reserved": g.resv,
+                                   "surplus": g.surplus, "overcommit": g.overcommit}
+    guests = [dict(rec, key=key) for key, rec in sorted(data["guests"].items())]
+    for rec in guests:
+        rec.pop("demand", None)
+    status.update(
+        nodes=list(view.nodes), page_sizes_kib=list(sizes), pools=pools, global_pools=globals_,
+        memory={str(n): {"free_kib": view.mem_free_kib.get(n),
+                         "total_kib": view.mem_total_kib.get(n)} for n in view.nodes},
+        mounts=_mounts(ctx, read_default_page_kib(ctx.root)), guests=guests,
+        admin=data["admin"], kept=data["kept"], unreleased=data["unreleased"],
+        intent=data["intent"], ledger_path=ledger.path,
+        ledger_exists=os.path.exists(ledger.path))
+    return status
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            .rstrip() for r in rows]
+
+
+def render(status: dict[str, Any]) -> list[str]:
+    from hugexml.commands._alloc import fmt_pools
+    from hugexml.units import format_kib
+
+    def num(v: Any) -> str:
+        return "-" if v is None else str(v)
+
+    rows = [["node", "size", "total", "free", "resv<=", "surplus", "claimed", "added",
+             "allocatable"]]
+    for p in status["pools"]:
+        rows.append([str(p["node"]), format_kib(p["size_kib"]), str(p["total"]), str(p["free"]),
+                     str(p["reserved_at_most"]), str(p["surplus"]), str(p["claimed"]),
+                     str(p["added_by_hugexml"]), num(p["predicted_allocatable"])])
+    lines = _table(rows)
+    lines.append("(resv<=: the kernel counts reserved pages per size only; each node shows the "
+                 "most it could hold. allocatable: buddyinfo's prediction without compaction)")
+    mounts = status["mounts"]
+    lines.append("mounts: " + (", ".join(
+        f"{m['path']} ({format_kib(m['page_size_kib']) if m['page_size_kib'] else '?'})"
+        for m in mounts) or "no hugetlbfs mount"))
+    if status["ledger_error"]:
+        lines.append(f"ledger: {status['ledger_error']}")
+    guests = status["guests"]
+    lines.append(f"guests in the ledger: {len(guests) or 'none'}")
+    for g in guests:
+        lines.append(f"  {g['name']} ({g['key']}): {g['state']}; added {fmt_pools(g['added'])}; "
+                     f"claimed {fmt_pools(g.get('claimed', {}))}")
+    for label, key in (("admin pages", "admin"), ("kept by policy", "kept"),
+                       ("owed back (in use)", "unreleased")):
+        if status[key]:
+            lines.append(f"{label}: {fmt_pools(status[key])}")
+    if status["intent"]:
+        lines.append("an interrupted transaction awaits reconcile (hugexml status --reconcile)")
+    return lines
+
+
+def run(args: argparse.Namespace, ctx: Any) -> int:
+    from hugexml.commands._alloc import allocator, print_json
+
+    reconciled = allocator(ctx).reconcile() if args.reconcile else None
+    status = collect_status(ctx)
+    if reconciled is not None:
+        status["reconciled"] = reconciled
+    if args.json:
+        print_json(status)
+        return 0
+    if reconciled:
+        print(f"reconciled: {reconciled}")
+    for line in render(status):
+        print(line)
+    return 0

@@ -1,0 +1,32 @@
+"""hugexml uninstall-hook: remove only the hook files hugexml installed."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+HELP = "remove the hugexml qemu hook (only files hugexml wrote; restores a legacy admin hook)"
+EPILOG = "example: hugexml uninstall-hook --json"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="also remove a hugexml hook file that was edited since it was installed")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace, ctx: Any) -> int:
+    from hugexml.commands.install_hook import restart_lines
+    from hugexml.install import uninstall_hook
+
+    result = uninstall_hook(ctx.root, force=args.force)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+    if not result["removed"]:
+        print("no hugexml hook installed: nothing to do")
+    for line in result["removed"]:
+        print(line)
+    for line in restart_lines(result["daemons"], why="re-reads its hooks"):
+        print(line)
+    return 0

@@ -1,0 +1,369 @@
+"""The host gateway: every read and write of the kernel's hugepage pools, under a HostRoot.
+
+One class, ``HostGateway``, reads the per-node and global pools, meminfo, buddyinfo and the
+THP mode, and changes exactly one thing: a node's ``nr_hugepages`` (plus the compaction and
+drop-caches triggers). Rules it keeps:
+
+- every path is built through ``HostRoot`` (tests point it at a fake sysfs tree);
+- every ``OSError`` becomes ``HostError(path=..., reason=...)`` raised ``from`` it;
+- every write is read back: the kernel answers a pool write with success and may grant
+  fewer pages (asked 30 x 1G, got 9). ``set_node_nr`` returns what the kernel HAS.
+- it never computes a target: ``set_node_nr`` takes an absolute count that the caller (the
+  allocator, under its lock) derived from the current value. It refuses negative counts and
+  counts larger than the node's memory.
+
+Reads and writes go through a tiny ``SysIO`` (real files by default) that the fake kernel in
+``tests/fakekernel.py`` replaces. Only ``os`` and ``re`` are imported: the hook loads this.
+
+Kernels without NUMA (no ``sys/devices/system/node``) have one node, 0, whose pool is the
+global one.
+"""
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+import re
+from typing import NamedTuple, Optional
+
+from hugexml.errors import HostError, InvalidInput
+from hugexml.root import HostRoot
+from hugexml.units import MAX_NODES
+
+NODE_BASE = "sys/devices/system/node"
+GLOBAL_BASE = "sys/kernel/mm/hugepages"
+THP_ENABLED = "sys/kernel/mm/transparent_hugepage/enabled"
+BUDDYINFO = "proc/buddyinfo"
+MEMINFO = "proc/meminfo"
+DROP_CACHES = "proc/sys/vm/drop_caches"
+# Largest hugepage size any kernel offers (16 GiB on ppc64); anything larger is bad input.
+MAX_PAGE_KIB = 16 * 1024 * 1024
+MAX_READ_BYTES = 1 << 20  # buddyinfo/meminfo are a few KiB; sysfs attributes < 4 KiB
+DROP_CACHES_LEVELS = (1, 2, 3)
+
+_SIZE_DIR = re.compile(r"hugepages-([0-9]+)kB\Z")
+_NODE_DIR = re.compile(r"node([0-9]+)\Z")
+_BUDDY_LINE = re.compile(r"Node\s+([0-9]+),\s*zone\s+(\S+)((?:\s+[0-9]+)*)\s*\Z")
+_MEMINFO_LINE = re.compile(r"(?:Node\s+[0-9]+\s+)?([A-Za-z0-9_()]+):\s+([0-9]+)(?:\s+kB)?\s*\Z")
+_THP_WORD = re.compile(r"\[([a-z_+-]+)\]")
+
+
+class NodePool(NamedTuple):
+    """One node's pool of one page size, in pages (``nr`` includes surplus pages)."""
+
+    nr: int
+    free: int
+    surplus: int
+
+    @property
+    def used(self) -> int:
+        return self.nr - self.free
+
+
+class GlobalPool(NamedTuple):
+    """The whole host's pool of one page size, in pages."""
+
+    nr: int
+    free: int
+    resv: int
+    surplus: int
+    overcommit: int
+
+    @property
+    def unreserved_free(self) -> int:
+        """Free pages nobody has reserved (mmap'd but not yet faulted in)."""
+        return max(0, self.free - self.resv)
+
+
+class SysIO:
+    """Reads and writes small kernel files. Replace it to fake a kernel.
+
+    Reads are unbuffered (sysfs attributes are generated on each read). Writes are ONE
+    ``write(2)`` on a file opened write-only without O_CREAT/O_TRUNC: a sysfs store method
+    sees the whole value at once, and a missing attribute fails instead of being created.
+    """
+
+    def read_text(self, path: str) -> str:
+        with open(path, "rb", buffering=0) as fh:
+            data = fh.read(MAX_READ_BYTES)
+        return data.decode("ascii", "replace")
+
+    def write_text(self, path: str, text: str) -> None:
+        data = text.encode("ascii")
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            written = os.write(fd, data)
+        finally:
+            os.close(fd)
+        if written != len(data):
+            raise OSError(errno_mod.EIO, f"short write ({written} of {len(data)} bytes)", path)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _check_node(node: int) -> int:
+    if isinstance(node, bool) or not isinstance(node, int) or not 0 <= node < MAX_NODES:
+        raise InvalidInput(reason=f"NUMA node {node!r} is out of range 0-{MAX_NODES - 1}")
+    return node
+
+
+def _check_size(size_kib: int) -> int:
+    if (isinstance(size_kib, bool) or not isinstance(size_kib, int)
+            or not 0 < size_kib <= MAX_PAGE_KIB):
+        raise InvalidInput(reason=f"hugepage size {size_kib!r} KiB is out of range")
+    return size_kib
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """``Key:  123 kB`` (or ``Node 0 Key: 123 kB``) lines -> {key: 123}. Values are kB,
+    except the ``HugePages_*`` lines, which are page counts. Unreadable lines are skipped."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        m = _MEMINFO_LINE.match(line.strip())
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+
+
+def parse_buddyinfo(text: str) -> dict[int, dict[str, list[int]]]:
+    """``Node 0, zone Normal 9 1080 ...`` -> {0: {"Normal": [9, 1080, ...]}}."""
+    out: dict[int, dict[str, list[int]]] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        m = _BUDDY_LINE.match(line.strip())
+        if not m:
+            raise ValueError(f"unexpected line {line.strip()[:60]!r}")
+        out.setdefault(int(m.group(1)), {})[m.group(2)] = [int(x) for x in m.group(3).split()]
+    return out
+
+
+def page_order(page_kib: int, base_page_kib: int = 4) -> int:
+    """Buddy order of a page size: 2048 KiB on 4 KiB pages -> 9. ValueError if not a power."""
+    if page_kib <= 0 or base_page_kib <= 0 or page_kib % base_page_kib:
+        raise ValueError(f"{page_kib} KiB is not a multiple of the {base_page_kib} KiB page")
+    ratio = page_kib // base_page_kib
+    if ratio & (ratio - 1):
+        raise ValueError(f"{page_kib} KiB is not a power-of-two multiple of {base_page_kib} KiB")
+    return ratio.bit_length() - 1
+
+
+def predict_allocatable(orders: list[int], page_kib: int, base_page_kib: int = 4) -> int:
+    """How many ``page_kib`` pages free buddy blocks could give right now, without compaction.
+
+    ``orders[k]`` is the number of free blocks of ``2**k`` base pages (one buddyinfo zone
+    row). A block of order >= the page's order yields ``2**(order - needed)`` pages. A page
+    larger than the largest order (1 GiB on x86, where MAX_ORDER blocks are 4 MiB) is built
+    from a contiguous run of max-order blocks that buddyinfo cannot show: the answer is 0 —
+    use ``HostGateway.allocatable_if_compacted`` for an upper bound. Zone watermarks can keep
+    the last few blocks back, so this is an upper estimate too.
+    """
+    needed = page_order(page_kib, base_page_kib)
+    if needed >= len(orders):
+        return 0
+    return sum(max(0, int(count)) << (order - needed)
+               for order, count in enumerate(orders) if order >= needed)
+
+
+class HostGateway:
+    """Reads the kernel's hugepage pools and changes a node's pool; nothing else."""
+
+    def __init__(self, root: HostRoot, io: Optional[SysIO] = None) -> None:
+        self.root = root
+        self.io = io if io is not None else SysIO()
+        self._numa: Optional[bool] = None
+
+    def __repr__(self) -> str:
+        return f"HostGateway({self.root!r}, io={type(self.io).__name__})"
+
+    # --- low level ------------------------------------------------------------------
+    def _read(self, rel: str, what: str = "") -> str:
+        path = self.root.path(rel)
+        try:
+            return self.io.read_text(path)
+        except FileNotFoundError as exc:
+            raise HostError(path=path, reason=f"{_reason(exc)}{what}", errno=exc.errno) from exc
+        except OSError as exc:
+            raise HostError(path=path, reason=_reason(exc), errno=exc.errno) from exc
+
+    def _read_int(self, rel: str, what: str = "") -> int:
+        text = self._read(rel, what)
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise HostError(path=self.root.path(rel),
+                            reason=f"expected a number, read {text.strip()[:40]!r}") from None
+        if value < 0:
+            raise HostError(path=self.root.path(rel), reason=f"negative count {value}")
+        return value
+
+    def _write(self, rel: str, text: str, what: str = "") -> None:
+        path = self.root.path(rel)
+        try:
+            self.io.write_text(path, text)
+        except FileNotFoundError as exc:
+            raise HostError(path=path, reason=f"{_reason(exc)}{what}", errno=exc.errno) from exc
+        except OSError as exc:
+            raise HostError(path=path, reason=f"writing {text.strip()!r}: {_reason(exc)}",
+                            errno=exc.errno) from exc
+
+    def _listdir(self, rel: str) -> list[str]:
+        path = self.root.path(rel)
+        try:
+            return os.listdir(path)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise HostError(path=path, reason=_reason(exc), errno=exc.errno) from exc
+
+    @property
+    def numa(self) -> bool:
+        """True when the kernel has per-node sysfs (``sys/devices/system/node/node0``)."""
+        if self._numa is None:
+            self._numa = os.path.isdir(self.root.path(NODE_BASE, "node0"))
+        return self._numa
+
+    def _pool_rel(self, node: int, size_kib: int, name: str) -> str:
+        _check_node(node)
+        _check_size(size_kib)
+        if self.numa:
+            return f"{NODE_BASE}/node{node}/hugepages/hugepages-{size_kib}kB/{name}"
+        if node != 0:
+            raise HostError(path=self.root.path(NODE_BASE),
+                            reason=f"no NUMA node {node}: this kernel has no NUMA sysfs")
+        return f"{GLOBAL_BASE}/hugepages-{size_kib}kB/{name}"
+
+    @staticmethod
+    def _missing_pool(node: int, size_kib: int) -> str:
+        return f" (no node {node} or no {size_kib} KiB pages on this host)"
+
+    # --- reading --------------------------------------------------------------------
+    def nodes(self) -> tuple[int, ...]:
+        found = sorted(int(m.group(1)) for m in map(_NODE_DIR.match, self._listdir(NODE_BASE))
+                       if m)
+        return tuple(found) if found else (0,)
+
+    def page_sizes_kib(self) -> tuple[int, ...]:
+        return tuple(sorted(int(m.group(1)) for m in map(_SIZE_DIR.match,
+                                                         self._listdir(GLOBAL_BASE)) if m))
+
+    def node_pool(self, node: int, size_kib: int) -> NodePool:
+        missing = self._missing_pool(node, size_kib)
+        nr = self._read_int(self._pool_rel(node, size_kib, "nr_hugepages"), missing)
+        free = self._read_int(self._pool_rel(node, size_kib, "free_hugepages"), missing)
+        surplus = self._read_int(self._pool_rel(node, size_kib, "surplus_hugepages"), missing)
+        return NodePool(nr=nr, free=free, surplus=surplus)
+
+    def global_pool(self, size_kib: int) -> GlobalPool:
+        _check_size(size_kib)
+        base = f"{GLOBAL_BASE}/hugepages-{size_kib}kB/"
+        missing = f" (no {size_kib} KiB pages on this host)"
+        values = [self._read_int(base + name, missing) for name in (
+            "nr_hugepages", "free_hugepages", "resv_hugepages", "surplus_hugepages",
+            "nr_overcommit_hugepages")]
+        return GlobalPool(*values)
+
+    def meminfo(self) -> dict[str, int]:
+        """proc/meminfo as {key: kB} (``HugePages_*``: page counts)."""
+        return parse_meminfo(self._read(MEMINFO))
+
+    def node_meminfo(self, node: int) -> dict[str, int]:
+        """A node's meminfo as {key: kB} (``HugePages_*``: counts of the default size)."""
+        _check_node(node)
+        if not self.numa:
+            if node != 0:
+                raise HostError(path=self.root.path(NODE_BASE),
+                                reason=f"no NUMA node {node}: this kernel has no NUMA sysfs")
+            return self.meminfo()
+        return parse_meminfo(self._read(f"{NODE_BASE}/node{node}/meminfo",
+                                        f" (no NUMA node {node} on this host)"))
+
+    def buddyinfo(self) -> dict[int, dict[str, list[int]]]:
+        """{node: {zone: [free blocks of order 0, 1, ...]}} from proc/buddyinfo."""
+        text = self._read(BUDDYINFO)
+        try:
+            return parse_buddyinfo(text)
+        except ValueError as exc:
+            raise HostError(path=self.root.path(BUDDYINFO), reason=str(exc)) from exc
+
+    def thp_mode(self) -> Optional[str]:
+        """The bracketed word of transparent_hugepage/enabled; None without THP."""
+        try:
+            text = self._read(THP_ENABLED)
+        except HostError as exc:
+            if exc.kwargs.get("errno") == errno_mod.ENOENT:
+                return None
+            raise
+        m = _THP_WORD.search(text)
+        return m.group(1) if m else None
+
+    def base_page_kib(self) -> int:
+        """The base page size of the host (sysconf), 4 for a fake root."""
+        if not self.root.is_real:
+            return 4
+        return int(os.sysconf("SC_PAGE_SIZE")) // 1024
+
+    def allocatable_now(self, node: int, size_kib: int,
+                        buddy: Optional[dict[int, dict[str, list[int]]]] = None) -> int:
+        """Pages of ``size_kib`` the node's free buddy blocks could give without compaction
+        (summed over its zones; 0 for pages above the largest buddy order, e.g. 1G)."""
+        _check_node(node)
+        info = self.buddyinfo() if buddy is None else buddy
+        base = self.base_page_kib()
+        return sum(predict_allocatable(orders, size_kib, base)
+                   for orders in info.get(node, {}).values())
+
+    def allocatable_if_compacted(self, node: int, size_kib: int) -> int:
+        """Upper bound after a perfect compaction: the node's MemFree in whole pages."""
+        return self.node_meminfo(node).get("MemFree", 0) // _check_size(size_kib)
+
+    # --- changing -------------------------------------------------------------------
+    def max_pages(self, node: int, size_kib: int) -> int:
+        """The largest count ``set_node_nr`` accepts: the node's MemTotal in pages."""
+        total_kib = self.node_meminfo(node).get("MemTotal")
+        if not total_kib:
+            raise HostError(path=self.root.path(f"{NODE_BASE}/node{node}/meminfo"),
+                            reason="no MemTotal line: cannot bound the pool size")
+        return total_kib // _check_size(size_kib)
+
+    def set_node_nr(self, node: int, size_kib: int, count: int) -> int:
+        """Write a node's persistent pool size and return the count the kernel now has.
+
+        The result may be lower than ``count`` (fragmentation; the kernel still reports
+        success) or, when shrinking, higher (pages in use or reserved stay). The caller
+        computes ``count`` from the current value under its lock: never an absolute or zero
+        size over pages somebody else owns.
+        """
+        rel = self._pool_rel(node, size_kib, "nr_hugepages")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InvalidInput(reason=f"node {node}, {size_kib} KiB pages: pool size "
+                                      f"{count!r} is not a count")
+        limit = self.max_pages(node, size_kib)
+        if count > limit:
+            raise InvalidInput(reason=f"node {node}, {size_kib} KiB pages: pool size {count} "
+                                      f"exceeds the node's memory ({limit} pages)")
+        self._write(rel, f"{count}\n", self._missing_pool(node, size_kib))
+        return self._read_int(rel)
+
+    def compact(self, node: int) -> bool:
+        """Ask the kernel to compact a node's memory (synchronous). False when the kernel
+        has no compaction trigger (CONFIG_COMPACTION off): nothing was done."""
+        _check_node(node)
+        rel = f"{NODE_BASE}/node{node}/compact" if self.numa else "proc/sys/vm/compact_memory"
+        if not os.path.exists(self.root.path(rel)):
+            return False
+        self._write(rel, "1\n")
+        return True
+
+    def drop_caches(self, level: int = 1) -> None:
+        """Drop clean caches so their memory can become hugepages.
+
+        Level 1 (page cache) is the default: it is where the reclaimable memory is. Level 2/3
+        also drop dentries and inodes host-wide, which makes every guest's next metadata
+        access hit the disk; the allocator uses 1. Dirty pages are not written back first
+        (no sync: syncing on a busy hypervisor can stall for long).
+        """
+        if level not in DROP_CACHES_LEVELS:
+            raise InvalidInput(reason=f"drop_caches level {level!r} is not 1, 2 or 3")
+        self._write(DROP_CACHES, f"{level}\n")

@@ -1,0 +1,155 @@
+"""Changing node pools through the HostGateway: read the kernel, grow or shrink, roll back.
+
+``PoolTxn`` changes each (node, size) pool relative to the persistent count it read first
+(``nr_hugepages - surplus_hugepages``: a node write sets the persistent count), reads every
+write back, and when the kernel grants fewer pages than asked (fragmentation) compacts the
+node, optionally drops caches, and retries within ``config.retries`` and ``config.timeout_s``.
+``rollback`` puts every pool it grew back to its count before. The caller (hugexml.alloc)
+holds the lock and has written its intent to the ledger before the first write.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from hugexml.errors import HostError, PoolShort
+from hugexml.fit import HostView, Pool, PoolState, error
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hugexml.config import Config
+
+Progress = Callable[[str], None]
+
+
+def read_pool(gateway: Any, node: int, size_kib: int) -> PoolState:
+    pool = gateway.node_pool(node, size_kib)
+    return PoolState(persistent=pool.nr - pool.surplus, free=pool.free, surplus=pool.surplus)
+
+
+def read_view(gateway: Any, sizes_kib: Any, memory: bool = True) -> HostView:
+    """The kernel's counters for ``sizes_kib`` on every node (claims are the caller's)."""
+    nodes = tuple(sorted(gateway.nodes())) or (0,)
+    view = HostView(nodes=nodes, pools={})
+    for size_kib in sorted(set(sizes_kib)):
+        for node in nodes:
+            view.pools[(node, size_kib)] = read_pool(gateway, node, size_kib)
+        # A node's share of resv is at most its free pages: with none free, it is 0.
+        if any(view.pools[(node, size_kib)].free for node in nodes):
+            view.resv[size_kib] = gateway.global_pool(size_kib).resv
+    if memory:
+        for node in nodes:
+            info = gateway.node_meminfo(node)
+            view.mem_free_kib[node] = int(info.get("MemFree", 0))
+            view.mem_total_kib[node] = int(info.get("MemTotal", 0))
+    return view
+
+
+def buddy_picture(gateway: Any, node: int, size_kib: int) -> str:
+    """One line: the node's free blocks of the top orders and the pages buddyinfo predicts."""
+    try:
+        from hugexml.host import predict_allocatable
+
+        zones = gateway.buddyinfo().get(node, {})
+    except (HostError, ImportError) as exc:
+        return f"buddyinfo unavailable: {exc}"
+    parts = []
+    predicted = 0
+    for zone, orders in sorted(zones.items()):
+        if zone == "DMA":
+            continue
+        predicted += predict_allocatable(list(orders), size_kib)
+        top = " ".join(f"o{i}={c}" for i, c in enumerate(orders) if i >= len(orders) - 3)
+        parts.append(f"{zone}[{top}]")
+    return (f"buddyinfo node {node}: {' '.join(parts) or 'none'}; "
+            f"predicted allocatable without compaction: {predicted}")
+
+
+class PoolTxn:
+    def __init__(self, gateway: Any, config: Config, domain: Optional[str],
+                 progress: Optional[Progress] = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.gateway = gateway
+        self.config = config
+        self.domain = domain
+        self.progress = progress
+        self.monotonic = monotonic
+        self.before: dict[Pool, int] = {}
+        self._dropped = False
+
+    def _say(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress(text)
+
+    def _write(self, node: int, size_kib: int, persistent: int, surplus: int) -> PoolState:
+        """Set the node's persistent count; the state read back."""
+        nr = self.gateway.set_node_nr(node, size_kib, persistent)
+        if surplus == 0:
+            # Growing only turns surplus pages into persistent ones: none before, none now.
+            return PoolState(persistent=nr, free=-1, surplus=0)
+        return read_pool(self.gateway, node, size_kib)
+
+    def grow(self, pools: dict[Pool, int], start: dict[Pool, PoolState]) -> None:
+        """Add ``pools[p]`` pages to each pool, or raise PoolShort naming the first pool the
+        kernel would not fill (the caller then calls ``rollback``)."""
+        for pool in sorted(pools):
+            pages = pools[pool]
+            if pages <= 0:
+                continue
+            node, size_kib = pool
+            self.before.setdefault(pool, start[pool].persistent)
+            got = self._grow_one(node, size_kib, pages, start[pool].surplus)
+            if got < pages:
+                # The caller rolls back every pool this transaction touched.
+                detail = buddy_picture(self.gateway, node, size_kib)
+                raise error(PoolShort, self.domain, node=node, size_kib=size_kib, needed=pages,
+                            got=got, detail=detail)
+
+    def _grow_one(self, node: int, size_kib: int, pages: int, surplus: int) -> int:
+        before = self.before[(node, size_kib)]
+        target = before + pages
+        deadline = self.monotonic() + max(0.0, float(self.config.timeout_s))
+        attempt = 0
+        current = before
+        while True:
+            attempt += 1
+            state = self._write(node, size_kib, target, surplus)
+            current = state.persistent
+            surplus = state.surplus
+            got = current - before
+            if got >= pages:
+                if attempt > 1:
+                    self._say(f"node {node}: {pages} x {size_kib} KiB pages added")
+                return pages
+            if attempt > int(self.config.retries) or self.monotonic() >= deadline:
+                return max(0, got)
+            self._say(f"node {node}: {max(0, got)}/{pages} x {size_kib} KiB pages so far, "
+                      f"compacting (attempt {attempt + 1})")
+            if self.config.compact:
+                self.gateway.compact(node)
+            if self.config.drop_caches and not self._dropped:
+                self.gateway.drop_caches()
+                self._dropped = True
+
+    def shrink(self, node: int, size_kib: int, pages: int, start: PoolState) -> int:
+        """Give ``pages`` back; returns how many the kernel really freed."""
+        if pages <= 0:
+            return 0
+        self.before.setdefault((node, size_kib), start.persistent)
+        self.gateway.set_node_nr(node, size_kib, start.persistent - pages)
+        after = read_pool(self.gateway, node, size_kib)
+        return max(0, min(pages, start.persistent - after.persistent))
+
+    def rollback(self) -> dict[Pool, int]:
+        """Every pool this transaction grew back to its count before; what stayed above
+        (pages the kernel could not take back) per pool. Exceptions propagate: the intent in
+        the ledger then stays for reconcile."""
+        left: dict[Pool, int] = {}
+        for (node, size_kib), before in sorted(self.before.items()):
+            now = read_pool(self.gateway, node, size_kib)
+            if now.persistent <= before:
+                continue
+            self.gateway.set_node_nr(node, size_kib, before)
+            after = read_pool(self.gateway, node, size_kib)
+            if after.persistent > before:
+                left[(node, size_kib)] = after.persistent - before
+        return left

@@ -1,0 +1,40 @@
+"""Helpers shared by the allocator's tests: config, plans, kernels."""
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+from typing import Any, Optional
+
+from hugexml.model import DemandItem, GuestId, Plan
+
+M2 = 2048
+G1 = 1048576
+
+DEFAULTS = dict(margin_min_kib=1048576, margin_percent=5.0, compact=True, drop_caches=False,
+                retries=3, timeout_s=30.0, lock_timeout_s=5.0, release_policy="release",
+                pending_timeout_s=600.0, boot_reserve="", hook_log="none")
+
+
+def make_config(**over: Any) -> Any:
+    """The real Config (defaults from load_config) with fields replaced."""
+    try:
+        from hugexml.config import load_config
+    except ImportError:  # the config module arrives with the host helper's work
+        return SimpleNamespace(**dict(DEFAULTS, **over))
+    base = load_config("/nonexistent/hugexml.conf", False)
+    return dataclasses.replace(base, **over)
+
+
+def plan(name: str, *items: tuple, uuid: Optional[str] = None) -> Plan:
+    """plan("vm", (pages, nodes, policy[, size])...)."""
+    demand = []
+    for it in items:
+        pages, nodes, policy = it[:3]
+        size = it[3] if len(it) > 3 else M2
+        demand.append(DemandItem(page_size_kib=size, pages=pages, policy=policy,
+                                 host_nodes=tuple(nodes) if nodes is not None else None))
+    return Plan(domain=name, uuid=uuid, consumers=(), demand=tuple(demand))
+
+
+def guest(name: str, uuid: Optional[str] = None) -> GuestId:
+    return GuestId(name, uuid)

@@ -1,0 +1,517 @@
+"""A fake kernel: a sysfs/procfs tree under a directory whose hugepage counters behave like
+Linux's (mm/hugetlb.c ``set_max_huge_pages``), for multi-node and failure tests.
+
+    fk = FakeKernel(tmp_path, nodes=4)
+    gw = HostGateway(fk.host_root, io=fk.io)      # or fk.gateway()
+    gw.set_node_nr(1, 2048, 30)                   # may grant fewer: see set_cap()
+
+What the fake does on a write to ``nr_hugepages`` (per node or global), as the kernel does:
+growing first turns surplus pages back into persistent ones, then allocates fresh pages from
+the node's MemFree, bounded by a per-node, per-size "fragmentation cap" (``set_cap``; None =
+only memory bounds it) and a one-shot ``short_grant``; it reports success whatever it got.
+Shrinking frees only free pages and never below the global reserved + in-use count; what is
+still above the target is converted to surplus (freed when the guest unmaps it). ``nr`` in
+sysfs includes surplus, as in the kernel. Writing ``compact`` raises caps to what
+``set_compact_cap`` configured; ``drop_caches`` turns the node's FilePages into MemFree.
+
+State lives in the files (the counters in the sysfs files themselves, MemFree/FilePages in
+the node meminfo; caps, injected faults and a write log under ``.fakekernel/``), every file
+is replaced atomically, and each read-modify-write holds an ``flock`` on
+``.fakekernel/lock``: many processes can share one fake kernel. A subprocess rebuilds the
+io with ``FakeSysIO.from_root(path)`` or the whole helper with ``FakeKernel.attach(path)``.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Optional
+
+from hugexml.host import HostGateway, NodePool, SysIO
+from hugexml.root import HostRoot
+
+GIB_KIB = 1024 * 1024
+META = ".fakekernel"
+NODE = "sys/devices/system/node"
+GLOBAL = "sys/kernel/mm/hugepages"
+MAX_ORDER = 10
+THP_WORDS = ("always", "madvise", "never")
+WRITE_LOG = 1000  # writes kept in the log
+
+
+def _key(node: int, size_kib: int) -> str:
+    return f"{node}:{size_kib}"
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="ascii") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+class _Kernel:
+    """The whole fake state, loaded from the files and stored back (only what changed)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        with open(self.meta("state.json"), encoding="utf-8") as fh:
+            self.conf: dict[str, Any] = json.load(fh)
+        self.nodes: list[int] = self.conf["nodes"]
+        self.sizes: list[int] = self.conf["sizes_kib"]
+        self.pools: dict[str, list[int]] = {}  # key -> [nr, free, surplus]
+        for node in self.nodes:
+            for size in self.sizes:
+                self.pools[_key(node, size)] = [
+                    int(self.read(self.pool_rel(node, size, n)))
+                    for n in ("nr_hugepages", "free_hugepages", "surplus_hugepages")]
+        self.resv = {s: int(self.read(f"{GLOBAL}/hugepages-{s}kB/resv_hugepages"))
+                     for s in self.sizes}
+        self.overcommit = {s: int(self.read(f"{GLOBAL}/hugepages-{s}kB/nr_overcommit_hugepages"))
+                           for s in self.sizes}
+        self.mem: dict[int, dict[str, int]] = {}
+        for node in self.nodes:
+            lines = self.read(f"{NODE}/node{node}/meminfo").splitlines()
+            self.mem[node] = {ln.split()[2].rstrip(":"): int(ln.split()[3]) for ln in lines}
+        self.thp = self.read("sys/kernel/mm/transparent_hugepage/enabled")
+
+    # --- files ------------------------------------------------------------------------
+    def meta(self, name: str) -> str:
+        return os.path.join(self.root, META, name)
+
+    def read(self, rel: str) -> str:
+        with open(os.path.join(self.root, rel), encoding="ascii") as fh:
+            return fh.read()
+
+    @staticmethod
+    def pool_rel(node: int, size_kib: int, name: str) -> str:
+        return f"{NODE}/node{node}/hugepages/hugepages-{size_kib}kB/{name}"
+
+    def files(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        dflt = self.conf["default_kib"]
+        for size in self.sizes:
+            tot = [sum(self.pools[_key(n, size)][i] for n in self.nodes) for i in range(3)]
+            for name, value in (("nr_hugepages", tot[0]), ("free_hugepages", tot[1]),
+                                ("surplus_hugepages", tot[2]), ("resv_hugepages", self.resv[size]),
+                                ("nr_overcommit_hugepages", self.overcommit[size]),
+                                ("nr_hugepages_mempolicy", tot[0])):
+                out[f"{GLOBAL}/hugepages-{size}kB/{name}"] = f"{value}\n"
+            for node in self.nodes:
+                for i, name in enumerate(("nr_hugepages", "free_hugepages", "surplus_hugepages")):
+                    out[self.pool_rel(node, size, name)] = f"{self.pools[_key(node, size)][i]}\n"
+        buddy = []
+        for node in self.nodes:
+            m = self.mem[node]
+            d = self.pools.get(_key(node, dflt), [0, 0, 0])
+            rows = [("MemTotal", m["MemTotal"], " kB"), ("MemFree", m["MemFree"], " kB"),
+                    ("MemUsed", m["MemTotal"] - m["MemFree"], " kB"),
+                    ("FilePages", m["FilePages"], " kB"), ("HugePages_Total", d[0], ""),
+                    ("HugePages_Free", d[1], ""), ("HugePages_Surp", d[2], "")]
+            out[f"{NODE}/node{node}/meminfo"] = "".join(
+                f"Node {node} {k + ':':<16}{v:>10}{unit}\n" for k, v, unit in rows)
+            buddy.append(f"Node {node}, zone   Normal " + " ".join(
+                f"{c:6d}" for c in self.buddy_orders(node)) + " \n")
+        out["proc/buddyinfo"] = "".join(buddy)
+        g = [sum(self.pools[_key(n, dflt)][i] for n in self.nodes) for i in range(3)]
+        free = sum(self.mem[n]["MemFree"] for n in self.nodes)
+        cached = sum(self.mem[n]["FilePages"] for n in self.nodes)
+        rows2 = [("MemTotal", sum(self.mem[n]["MemTotal"] for n in self.nodes), " kB"),
+                 ("MemFree", free, " kB"), ("MemAvailable", free + cached, " kB"),
+                 ("Cached", cached, " kB"), ("HugePages_Total", g[0], ""),
+                 ("HugePages_Free", g[1], ""), ("HugePages_Rsvd", self.resv.get(dflt, 0), ""),
+                 ("HugePages_Surp", g[2], ""), ("Hugepagesize", dflt, " kB"),
+                 ("Hugetlb", sum(p[0] * int(k.split(":")[1]) for k, p in self.pools.items()),
+                  " kB")]
+        out["proc/meminfo"] = "".join(f"{k + ':':<16}{v:>8}{unit}\n" for k, v, unit in rows2)
+        out["sys/kernel/mm/transparent_hugepage/enabled"] = self.thp
+        return out
+
+    def store(self) -> None:
+        with open(self.meta("state.json"), encoding="utf-8") as fh:
+            if json.load(fh) != self.conf:
+                _atomic_write(self.meta("state.json"), json.dumps(self.conf, sort_keys=True))
+        for rel, text in self.files().items():
+            path = os.path.join(self.root, rel)
+            try:
+                with open(path, encoding="ascii") as fh:
+                    if fh.read() == text:
+                        continue
+            except FileNotFoundError:
+                pass
+            _atomic_write(path, text)
+
+    def buddy_orders(self, node: int) -> list[int]:
+        """Free blocks per order: as many 2M (order 9) blocks as the 2M cap lets the node
+        grant, the rest of MemFree in blocks too small for a hugepage."""
+        free_kib = self.mem[node]["MemFree"]
+        orders = [0] * (MAX_ORDER + 1)
+        cap = self.conf["caps"].get(_key(node, 2048))
+        if cap is None:
+            orders[MAX_ORDER], rest = divmod(free_kib, 4 << MAX_ORDER)
+            orders[9], rest = divmod(rest, 2048)
+        else:
+            orders[9] = min(cap, free_kib // 2048)
+            orders[8], rest = divmod(free_kib - orders[9] * 2048, 1024)
+        orders[0] = rest // 4
+        return orders
+
+    # --- the kernel's set_max_huge_pages ---------------------------------------------
+    def persistent(self, size: int, nodes: Optional[list[int]] = None) -> int:
+        return sum(p[0] - p[2] for k, p in self.pools.items()
+                   if int(k.split(":")[1]) == size and (nodes is None or int(k.split(":")[0])
+                                                        in nodes))
+
+    def alloc_fresh(self, node: int, size: int) -> bool:
+        key = _key(node, size)
+        cap = self.conf["caps"].get(key)
+        short = self.conf["short_grant"].get(key)
+        if self.mem[node]["MemFree"] - self.conf["min_free_kib"] < size or cap == 0 or short == 0:
+            return False
+        delay = self.conf["grant_delay_s"].get(str(size), 0)
+        if delay:
+            time.sleep(delay)
+        self.mem[node]["MemFree"] -= size
+        self.pools[key][0] += 1
+        self.pools[key][1] += 1
+        if cap is not None:
+            self.conf["caps"][key] = cap - 1
+        if short is not None:
+            self.conf["short_grant"][key] = short - 1
+        return True
+
+    def free_page(self, node: int, size: int) -> None:
+        key = _key(node, size)
+        self.pools[key][0] -= 1
+        self.mem[node]["MemFree"] += size
+        if self.conf["caps"].get(key) is not None:
+            self.conf["caps"][key] += 1
+
+    def set_max(self, size: int, count: int, node: Optional[int]) -> None:
+        allowed = self.nodes if node is None else [node]
+        if node is not None:
+            count += self.persistent(size) - self.persistent(size, [node])
+        rr = 0
+        while count > self.persistent(size):  # surplus back to persistent, then fresh pages
+            with_surplus = [n for n in allowed if self.pools[_key(n, size)][2] > 0]
+            if with_surplus:
+                self.pools[_key(with_surplus[0], size)][2] -= 1
+                continue
+            for i in range(len(allowed)):
+                if self.alloc_fresh(allowed[(rr + i) % len(allowed)], size):
+                    rr = (rr + i + 1) % len(allowed)
+                    break
+            else:
+                break
+        tot = [sum(self.pools[_key(n, size)][i] for n in self.nodes) for i in range(3)]
+        min_count = max(count, self.resv[size] + tot[0] - tot[1])
+        while min_count < self.persistent(size):  # free pages only
+            with_free = [n for n in allowed if self.pools[_key(n, size)][1] > 0]
+            if not with_free:
+                break
+            self.pools[_key(with_free[-1], size)][1] -= 1
+            self.free_page(with_free[-1], size)
+        while count < self.persistent(size):  # the rest becomes surplus
+            cand = [n for n in allowed
+                    if self.pools[_key(n, size)][2] < self.pools[_key(n, size)][0]]
+            if not cand:
+                break
+            self.pools[_key(cand[-1], size)][2] += 1
+        for key in list(self.conf["short_grant"]):
+            if int(key.split(":")[1]) == size and (node is None or key == _key(node, size)):
+                del self.conf["short_grant"][key]
+
+
+class FakeSysIO(SysIO):
+    """SysIO for a fake root: reads are plain (files are replaced atomically), writes are
+    interpreted as the kernel would, under the fake's flock. Picklable (holds only a path)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+
+    @classmethod
+    def from_root(cls, root: str) -> FakeSysIO:
+        if not os.path.isfile(os.path.join(root, META, "state.json")):
+            raise FileNotFoundError(f"{root} is not a fake kernel root")
+        return cls(root)
+
+    def rel(self, path: str) -> str:
+        rel = os.path.relpath(os.path.abspath(path), self.root)
+        if rel.startswith(".."):
+            raise ValueError(f"FakeSysIO: {path} is outside the fake root {self.root}")
+        return rel
+
+    @contextmanager
+    def locked(self) -> Iterator[_Kernel]:
+        with open(os.path.join(self.root, META, "lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield _Kernel(self.root)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _fault(self, kern: _Kernel, kind: str, rel: str) -> None:
+        queue = kern.conf["faults"][kind].get(rel)
+        if not queue:
+            return
+        skip, err = queue[0]
+        if skip > 0:
+            queue[0][0] -= 1
+            return
+        queue.pop(0)
+        if not queue:
+            del kern.conf["faults"][kind][rel]
+        kern.store()
+        raise OSError(err, os.strerror(err), os.path.join(self.root, rel))
+
+    def read_text(self, path: str) -> str:
+        rel = self.rel(path)
+        if os.path.exists(os.path.join(self.root, META, "faults")):
+            with self.locked() as kern:
+                self._fault(kern, "read", rel)
+        if rel.endswith("/compact") or rel == "proc/sys/vm/drop_caches":
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return super().read_text(path)
+
+    def write_text(self, path: str, text: str) -> None:
+        rel = self.rel(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        with self.locked() as kern:
+            self._fault(kern, "write", rel)
+            self._apply(kern, rel, text, path)
+            kern.conf["writes"] = [*kern.conf["writes"][-(WRITE_LOG - 1):], [rel, text.strip()]]
+            kern.store()
+
+    @staticmethod
+    def _number(text: str, path: str) -> int:
+        body = text[:-1] if text.endswith("\n") else text
+        if not body.isdigit() or not body.isascii():  # kstrtoul
+            raise OSError(errno.EINVAL, "Invalid argument", path)
+        return int(body)
+
+    def _apply(self, kern: _Kernel, rel: str, text: str, path: str) -> None:
+        parts = rel.split("/")
+        name = parts[-1]
+        size = int(parts[-2][len("hugepages-"):-2]) if parts[-2].startswith("hugepages-") else 0
+        if name in ("nr_hugepages", "nr_hugepages_mempolicy"):
+            node = int(parts[4][4:]) if rel.startswith(NODE) else None
+            kern.set_max(size, self._number(text, path), node)
+        elif name == "nr_overcommit_hugepages":
+            kern.overcommit[size] = self._number(text, path)
+        elif name == "compact" and rel.startswith(NODE):
+            node = int(parts[4][4:])
+            kern.conf["compactions"][str(node)] = kern.conf["compactions"].get(str(node), 0) + 1
+            for size in kern.sizes:
+                key, up = _key(node, size), kern.conf["compact_caps"].get(_key(node, size))
+                if up is not None and kern.conf["caps"].get(key) is not None:
+                    kern.conf["caps"][key] = max(kern.conf["caps"][key], up)
+        elif rel == "proc/sys/vm/drop_caches":
+            level = self._number(text, path)
+            if not 1 <= level <= 4:
+                raise OSError(errno.EINVAL, "Invalid argument", path)
+            kern.conf["drop_caches"].append(level)
+            if level & 1:
+                for node in kern.nodes:
+                    kern.mem[node]["MemFree"] += kern.mem[node]["FilePages"]
+                    kern.mem[node]["FilePages"] = 0
+        elif rel == "sys/kernel/mm/transparent_hugepage/enabled":
+            if text.strip() not in THP_WORDS:
+                raise OSError(errno.EINVAL, "Invalid argument", path)
+            kern.thp = " ".join(f"[{w}]" if w == text.strip() else w for w in THP_WORDS) + "\n"
+        else:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+
+
+class FakeKernel:
+    """Builds the tree and offers what a test needs to play host and guest."""
+
+    def __init__(self, tmp_path: Any, nodes: int = 2, sizes_kib: tuple[int, ...] = (2048, GIB_KIB),
+                 mem_kib_per_node: int = 16 * GIB_KIB, default_kib: int = 2048, *,
+                 used_kib_per_node: int = 512 * 1024, cache_kib_per_node: int = 0,
+                 min_free_kib: int = 0, compact_file: bool = True, thp: str = "madvise",
+                 mounts: Optional[list[tuple[str, int]]] = None) -> None:
+        self.root = os.path.abspath(str(tmp_path))
+        node_ids = list(range(nodes))
+        os.makedirs(os.path.join(self.root, META), exist_ok=True)
+        conf = {"nodes": node_ids, "sizes_kib": list(sizes_kib), "default_kib": default_kib,
+                "caps": {}, "compact_caps": {}, "short_grant": {}, "compactions": {},
+                "drop_caches": [], "grant_delay_s": {}, "min_free_kib": min_free_kib,
+                "faults": {"read": {}, "write": {}}, "writes": []}
+        _atomic_write(os.path.join(self.root, META, "state.json"), json.dumps(conf))
+        seed = {"sys/kernel/mm/transparent_hugepage/enabled":
+                " ".join(f"[{w}]" if w == thp else w for w in THP_WORDS) + "\n",
+                "proc/sys/vm/drop_caches": "", f"{NODE}/online": f"0-{nodes - 1}\n",
+                f"{NODE}/possible": f"0-{nodes - 1}\n", f"{NODE}/has_memory": f"0-{nodes - 1}\n"}
+        for node in node_ids:
+            free = mem_kib_per_node - used_kib_per_node - cache_kib_per_node
+            seed[f"{NODE}/node{node}/meminfo"] = (
+                f"Node {node} MemTotal: {mem_kib_per_node} kB\nNode {node} MemFree: {free} kB\n"
+                f"Node {node} MemUsed: 0 kB\nNode {node} FilePages: {cache_kib_per_node} kB\n")
+            if compact_file:
+                seed[f"{NODE}/node{node}/compact"] = ""
+            for size in sizes_kib:
+                for name in ("nr_hugepages", "free_hugepages", "surplus_hugepages"):
+                    seed[_Kernel.pool_rel(node, size, name)] = "0\n"
+        for size in sizes_kib:
+            for name in ("nr_hugepages", "free_hugepages", "resv_hugepages", "surplus_hugepages",
+                         "nr_overcommit_hugepages", "nr_hugepages_mempolicy"):
+                seed[f"{GLOBAL}/hugepages-{size}kB/{name}"] = "0\n"
+        for rel, text in seed.items():
+            os.makedirs(os.path.dirname(os.path.join(self.root, rel)), exist_ok=True)
+            _atomic_write(os.path.join(self.root, rel), text)
+        self.io = FakeSysIO(self.root)
+        self.set_mounts([("/dev/hugepages", default_kib)] if mounts is None else mounts)
+        with self.io.locked() as kern:
+            kern.store()
+
+    @classmethod
+    def attach(cls, root: str) -> FakeKernel:
+        """The helper for an existing fake root (e.g. in a subprocess): builds nothing."""
+        self = cls.__new__(cls)
+        self.root = os.path.abspath(root)
+        self.io = FakeSysIO.from_root(self.root)
+        return self
+
+    @property
+    def host_root(self) -> HostRoot:
+        return HostRoot(self.root)
+
+    def gateway(self) -> HostGateway:
+        return HostGateway(self.host_root, io=self.io)
+
+    # --- looking ------------------------------------------------------------------------
+    def pool(self, node: int, size_kib: int) -> NodePool:
+        return NodePool(*_Kernel(self.root).pools[_key(node, size_kib)])
+
+    def resv(self, size_kib: int) -> int:
+        return _Kernel(self.root).resv[size_kib]
+
+    def mem_free_kib(self, node: int) -> int:
+        return _Kernel(self.root).mem[node]["MemFree"]
+
+    def counters(self) -> dict[str, Any]:
+        """Every counter, for before/after equality checks."""
+        kern = _Kernel(self.root)
+        return {"pools": kern.pools, "resv": kern.resv, "overcommit": kern.overcommit,
+                "mem": kern.mem}
+
+    def conf(self) -> dict[str, Any]:
+        return _Kernel(self.root).conf
+
+    def writes(self) -> list[tuple[str, str]]:
+        """Every write the fake accepted, oldest first: (path under the root, value)."""
+        return [(rel, text) for rel, text in self.conf()["writes"]]
+
+    def compactions(self, node: int) -> int:
+        return int(self.conf()["compactions"].get(str(node), 0))
+
+    # --- host knobs ---------------------------------------------------------------------
+    def _edit(self, fn: Any) -> Any:
+        with self.io.locked() as kern:
+            result = fn(kern)
+            kern.store()
+            return result
+
+    def set_cap(self, node: int, size_kib: int, pages: Optional[int]) -> None:
+        """At most ``pages`` more fresh pages (freed pages raise it again); None: no cap."""
+        self._edit(lambda k: k.conf["caps"].__setitem__(_key(node, size_kib), pages))
+
+    def set_compact_cap(self, node: int, size_kib: int, pages: Optional[int]) -> None:
+        """What a write to the node's ``compact`` raises the cap to (None: compaction helps
+        nothing)."""
+        self._edit(lambda k: k.conf["compact_caps"].__setitem__(_key(node, size_kib), pages))
+
+    def short_grant(self, node: int, size_kib: int, pages: int) -> None:
+        """The next growing write to this pool grants at most ``pages`` (one shot)."""
+        self._edit(lambda k: k.conf["short_grant"].__setitem__(_key(node, size_kib), pages))
+
+    def set_grant_delay(self, size_kib: int, seconds_per_page: float) -> None:
+        self._edit(lambda k: k.conf["grant_delay_s"].__setitem__(str(size_kib), seconds_per_page))
+
+    def fail_next_write(self, rel: str, err: int = errno.EIO, times: int = 1,
+                        after: int = 0) -> None:
+        """The next ``times`` writes to ``rel`` (path under the root) fail with ``err``,
+        after ``after`` writes that succeed."""
+        self._fault("write", rel, err, times, after)
+
+    def fail_next_read(self, rel: str, err: int = errno.EIO, times: int = 1,
+                       after: int = 0) -> None:
+        self._fault("read", rel, err, times, after)
+
+    def _fault(self, kind: str, rel: str, err: int, times: int, after: int) -> None:
+        def add(kern: _Kernel) -> None:
+            queue = kern.conf["faults"][kind].setdefault(rel, [])
+            queue.extend([[after, err]] + [[0, err] for _ in range(times - 1)])
+        self._edit(add)
+        open(os.path.join(self.root, META, "faults"), "a").close()
+
+    def preset(self, node: int, size_kib: int, nr: int) -> None:
+        """Boot-time pages (``hugepages=`` on the command line): nr free pages, no cap."""
+        def boot(kern: _Kernel) -> None:
+            pool = kern.pools[_key(node, size_kib)]
+            kern.mem[node]["MemFree"] -= (nr - pool[0]) * size_kib
+            pool[0], pool[1] = nr, pool[1] + nr - pool[0]
+            assert pool[1] >= 0 and kern.mem[node]["MemFree"] >= 0, "preset below in-use"
+        self._edit(boot)
+
+    def consume_memory(self, node: int, kib: int) -> None:
+        """Other processes take (kib > 0) or give back (kib < 0) normal memory."""
+        def take(kern: _Kernel) -> None:
+            if not 0 <= kern.mem[node]["MemFree"] - kib <= kern.mem[node]["MemTotal"]:
+                raise ValueError(f"node {node}: cannot consume {kib} kB")
+            kern.mem[node]["MemFree"] -= kib
+        self._edit(take)
+
+    def set_mounts(self, mounts: list[tuple[str, int]]) -> None:
+        lines = ["proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0",
+                 "sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0"]
+        lines += [f"hugetlbfs {path} hugetlbfs rw,relatime,pagesize="
+                  f"{f'{size // 1024}M' if size >= 1024 else f'{size}K'} 0 0"
+                  for path, size in mounts]
+        for rel in ("proc/self/mounts", "proc/mounts"):
+            os.makedirs(os.path.dirname(os.path.join(self.root, rel)), exist_ok=True)
+            _atomic_write(os.path.join(self.root, rel), "\n".join(lines) + "\n")
+
+    # --- guest side ---------------------------------------------------------------------
+    def use(self, node: int, size_kib: int, pages: int, reserved: bool = False) -> None:
+        """A guest faults in ``pages`` free pages (consuming reservations if ``reserved``)."""
+        def fault(kern: _Kernel) -> None:
+            pool = kern.pools[_key(node, size_kib)]
+            if pool[1] < pages or (reserved and kern.resv[size_kib] < pages):
+                raise ValueError(f"node {node}: {pages} x {size_kib} kB not free/reserved")
+            pool[1] -= pages
+            if reserved:
+                kern.resv[size_kib] -= pages
+        self._edit(fault)
+
+    def unuse(self, node: int, size_kib: int, pages: int) -> None:
+        """A guest unmaps pages: surplus pages go back to the buddy allocator, others to
+        the free list (the kernel's free_huge_folio)."""
+        def unmap(kern: _Kernel) -> None:
+            pool = kern.pools[_key(node, size_kib)]
+            if pool[0] - pool[1] < pages:
+                raise ValueError(f"node {node}: fewer than {pages} x {size_kib} kB in use")
+            for _ in range(pages):
+                if pool[2] > 0:
+                    pool[2] -= 1
+                    kern.free_page(node, size_kib)
+                else:
+                    pool[1] += 1
+        self._edit(unmap)
+
+    def reserve(self, size_kib: int, pages: int) -> None:
+        """mmap of a hugetlbfs file: free pages are reserved (resv_hugepages)."""
+        def resv(kern: _Kernel) -> None:
+            free = sum(kern.pools[_key(n, size_kib)][1] for n in kern.nodes)
+            if free - kern.resv[size_kib] < pages or kern.resv[size_kib] + pages < 0:
+                raise ValueError(f"cannot reserve {pages} x {size_kib} kB")
+            kern.resv[size_kib] += pages
+        self._edit(resv)
+
+    def unreserve(self, size_kib: int, pages: int) -> None:
+        self.reserve(size_kib, -pages)

@@ -1,0 +1,232 @@
+"""An in-memory model of the kernel's hugetlb pool counters behind the HostGateway API.
+
+Used by the allocator's tests next to the sysfs-tree FakeKernel (tests/fakekernel.py): it is
+fast enough for the hypothesis state machine, and it models the parts of hugetlb that decide
+whether a shrink is safe (mm/hugetlb.c set_max_huge_pages):
+- a node write sets the node's *persistent* count; growing first turns surplus pages back
+  into persistent ones, then allocates fresh pages up to the node's room (``cap``: the
+  fragmentation limit, and MemFree);
+- shrinking never frees pages in use or reserved: it frees free pages down to
+  ``max(count, used + resv)`` and turns the rest of the excess into surplus pages, which the
+  kernel frees when they are unmapped;
+- ``map``/``unmap`` stand for qemu faulting in / releasing guest memory.
+Failures are injected with ``fail_at`` (the n-th gateway call raises ``exc``) and ``dead``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Optional
+
+from hugexml.errors import HostError
+
+GIB = 1048576
+
+
+class Crash(BaseException):
+    """kill -9: raised by a gateway call; every later call of that gateway fails too."""
+
+
+@dataclass
+class Pool:
+    persistent: int = 0
+    surplus: int = 0
+    used: int = 0
+    resv: int = 0
+    cap: Optional[int] = None  # most pages the node can still add (fragmentation)
+
+    @property
+    def nr(self) -> int:
+        return self.persistent + self.surplus
+
+    @property
+    def free(self) -> int:
+        return self.nr - self.used
+
+
+class SimKernel:
+    def __init__(self, nodes: int = 2, sizes: tuple[int, ...] = (2048, 1048576),
+                 mem_total_kib: int = 64 * GIB, mem_free_kib: int = 48 * GIB) -> None:
+        self.node_ids = tuple(range(nodes))
+        self.sizes = tuple(sorted(sizes))
+        self.pools = {(n, s): Pool() for n in self.node_ids for s in self.sizes}
+        self.mem_total = dict.fromkeys(self.node_ids, mem_total_kib)
+        self.mem_free = dict.fromkeys(self.node_ids, mem_free_kib)
+        self.calls = 0
+        self.writes: list[tuple[int, int, int]] = []
+        self.compactions: list[int] = []
+        self.cap_after_compact: dict[int, Optional[int]] = {}
+        self.fail_at: Optional[int] = None
+        self.exc: BaseException = HostError(path="/sys/fake", reason="injected failure")
+        self.dead = False
+        self.crash_on_write: Optional[int] = None  # the n-th set_node_nr ever kills us
+
+    # --- test controls -------------------------------------------------------------
+    def set(self, node: int, size_kib: int, **fields: Any) -> None:
+        pool = self.pools[(node, size_kib)]
+        grown = fields.get("persistent", pool.persistent) - pool.persistent
+        for key, value in fields.items():
+            setattr(pool, key, value)
+        self.mem_free[node] -= grown * size_kib
+
+    def map(self, node: int, size_kib: int, pages: int) -> None:
+        pool = self.pools[(node, size_kib)]
+        assert pool.free >= pages, "mapping more pages than free"
+        pool.used += pages
+
+    def unmap(self, node: int, size_kib: int, pages: int) -> None:
+        pool = self.pools[(node, size_kib)]
+        assert pool.used >= pages
+        pool.used -= pages
+        gone = min(pool.surplus, pages)  # surplus pages go back to the buddy allocator
+        pool.surplus -= gone
+        self.mem_free[node] += gone * size_kib
+
+    def nr(self, node: int, size_kib: int) -> int:
+        return self.pools[(node, size_kib)].persistent
+
+    # --- gateway API ---------------------------------------------------------------
+    def _call(self) -> None:
+        self.calls += 1
+        if self.dead:
+            raise Crash("gateway of a killed process")
+        if self.fail_at is not None and self.calls >= self.fail_at:
+            self.fail_at = None
+            if isinstance(self.exc, Crash):
+                self.dead = True
+            raise self.exc
+
+    def nodes(self) -> tuple[int, ...]:
+        return self.node_ids
+
+    def page_sizes_kib(self) -> tuple[int, ...]:
+        return self.sizes
+
+    def node_pool(self, node: int, size_kib: int) -> Any:
+        self._call()
+        pool = self.pools.get((node, size_kib))
+        if pool is None:
+            raise HostError(path=f"node{node}/hugepages-{size_kib}kB", reason="no such pool")
+        return SimpleNamespace(nr=pool.nr, free=pool.free, surplus=pool.surplus)
+
+    def global_pool(self, size_kib: int) -> Any:
+        self._call()
+        pools = [p for (n, s), p in self.pools.items() if s == size_kib]
+        return SimpleNamespace(nr=sum(p.nr for p in pools), free=sum(p.free for p in pools),
+                               resv=sum(p.resv for p in pools),
+                               surplus=sum(p.surplus for p in pools), overcommit=0)
+
+    def node_meminfo(self, node: int) -> dict[str, int]:
+        self._call()
+        return {"MemTotal": self.mem_total[node], "MemFree": self.mem_free[node]}
+
+    def set_node_nr(self, node: int, size_kib: int, count: int) -> int:
+        self._call()
+        pool = self.pools[(node, size_kib)]
+        self.writes.append((node, size_kib, count))
+        if self.crash_on_write is not None and len(self.writes) >= self.crash_on_write:
+            self.crash_on_write, self.dead = None, True
+            raise Crash("killed before this write")
+        if count > pool.persistent:
+            back = min(pool.surplus, count - pool.persistent)
+            pool.surplus -= back
+            pool.persistent += back
+            room = self.mem_free[node] // size_kib
+            if pool.cap is not None:
+                room = min(room, pool.cap)
+            fresh = min(count - pool.persistent, room)
+            pool.persistent += fresh
+            self.mem_free[node] -= fresh * size_kib
+            if pool.cap is not None:
+                pool.cap -= fresh
+        elif count < pool.persistent:
+            keep = max(count, pool.used + pool.resv)
+            freed = max(0, pool.persistent - keep)
+            pool.persistent -= freed
+            self.mem_free[node] += freed * size_kib
+            to_surplus = pool.persistent - count
+            if to_surplus > 0:
+                pool.persistent -= to_surplus
+                pool.surplus += to_surplus
+        return pool.nr
+
+    def compact(self, node: int) -> None:
+        self._call()
+        self.compactions.append(node)
+        if node in self.cap_after_compact:
+            for (n, _), pool in self.pools.items():
+                if n == node:
+                    pool.cap = self.cap_after_compact[node]
+
+    def drop_caches(self) -> None:
+        self._call()
+
+    def buddyinfo(self) -> dict[int, dict[str, list[int]]]:
+        self._call()
+        return {n: {"Normal": [0] * 9 + [p.cap or 0 for (m, s), p in self.pools.items()
+                                          if m == n and s == 2048][:1] + [0]}
+                for n in self.node_ids}
+
+
+class FileSimKernel(SimKernel):
+    """A SimKernel whose state lives in a JSON file, for tests with many processes.
+
+    Every gateway call loads the state and every write saves it (atomically). The allocator
+    calls its gateway only while it holds the ledger lock, so the processes take turns.
+    """
+
+    def __init__(self, path: str, **kwargs: Any) -> None:
+        self.path = path
+        super().__init__(**kwargs)
+
+    @classmethod
+    def open(cls, path: str) -> FileSimKernel:
+        import json
+
+        with open(path) as fh:
+            state = json.load(fh)
+        kernel = cls(path, nodes=len(state["nodes"]), sizes=tuple(state["sizes"]))
+        kernel._load()
+        return kernel
+
+    def save(self) -> None:
+        import json
+        import os
+
+        state = {"nodes": list(self.node_ids), "sizes": list(self.sizes),
+                 "mem_free": {str(n): v for n, v in self.mem_free.items()},
+                 "mem_total": {str(n): v for n, v in self.mem_total.items()},
+                 "pools": {f"{n}:{s}": vars(p) for (n, s), p in self.pools.items()}}
+        tmp = f"{self.path}.{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump(state, fh)
+        os.rename(tmp, self.path)
+
+    def _load(self) -> None:
+        import json
+
+        with open(self.path) as fh:
+            state = json.load(fh)
+        self.mem_free = {int(n): v for n, v in state["mem_free"].items()}
+        self.mem_total = {int(n): v for n, v in state["mem_total"].items()}
+        for key, fields in state["pools"].items():
+            n, s = key.split(":")
+            self.pools[(int(n), int(s))] = Pool(**fields)
+
+    def node_pool(self, node: int, size_kib: int) -> Any:
+        self._load()
+        return super().node_pool(node, size_kib)
+
+    def global_pool(self, size_kib: int) -> Any:
+        self._load()
+        return super().global_pool(size_kib)
+
+    def node_meminfo(self, node: int) -> dict[str, int]:
+        self._load()
+        return super().node_meminfo(node)
+
+    def set_node_nr(self, node: int, size_kib: int, count: int) -> int:
+        self._load()
+        nr = super().set_node_nr(node, size_kib, count)
+        self.save()
+        return nr

@@ -1,0 +1,133 @@
+"""The allocator's commands: status, allocate, shrink, reserve, release, reconcile.
+
+Each command module runs as the CLI runs it (``add_arguments`` then ``run(args, ctx)``) on a
+simulated 2-node kernel injected through ``hugexml.commands._alloc.MAKE_GATEWAY``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+
+import pytest
+from allocfix import M2, make_config
+from simkernel import SimKernel
+
+from hugexml.commands import _alloc
+from hugexml.errors import InvalidInput
+from hugexml.root import HostRoot
+
+
+class Ctx:
+    def __init__(self, tmp_path):
+        self.root = HostRoot(str(tmp_path / "root"))
+        self.state_dir = str(tmp_path / "state")
+        self.config_path = "/nonexistent/hugexml.conf"
+        self.config_explicit = False
+        self.verbose = 0
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+    sim = SimKernel(nodes=2)
+    monkeypatch.setattr(_alloc, "MAKE_GATEWAY", lambda root: sim)
+    monkeypatch.setattr(_alloc, "load", lambda ctx: make_config())
+    return sim
+
+
+def run(command, argv, tmp_path, capsys):
+    module = importlib.import_module(f"hugexml.commands.{command}")
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    code = module.run(parser.parse_args(argv), Ctx(tmp_path))
+    return code, capsys.readouterr().out
+
+
+def test_allocate_dry_run_then_real(kernel, tmp_path, capsys):
+    code, out = run("allocate", ["--size", "2M", "--count", "8", "--node", "1", "--dry-run"],
+                    tmp_path, capsys)
+    assert code == 0 and out.strip() == "would add: node 1: 8 x 2M"
+    assert kernel.nr(1, M2) == 0
+    code, out = run("allocate", ["--size", "2M", "--count", "8", "--node", "1", "--json"],
+                    tmp_path, capsys)
+    assert json.loads(out)["add"] == {"1:2048": 8} and kernel.nr(1, M2) == 8
+
+
+def test_shrink_reports_what_it_could_not_take(kernel, tmp_path, capsys):
+    run("allocate", ["--size", "2M", "--count", "6", "--node", "0"], tmp_path, capsys)
+    kernel.map(0, M2, 2)
+    code, out = run("shrink", ["--size", "2M", "--count", "6"], tmp_path, capsys)
+    assert code == 1
+    assert "removed: node 0: 4 x 2M" in out and "2 of 6 pages" in out
+    assert kernel.nr(0, M2) == 2
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--size", "3Q", "--count", "1"], "--size"),
+    (["--size", "2M", "--count", "-1"], "--count -1"),
+    (["--size", "2M", "--count", "1", "--node", "4096"], "--node 4096"),
+])
+def test_bad_arguments_are_one_line_errors(kernel, tmp_path, capsys, argv, words):
+    with pytest.raises(InvalidInput) as info:
+        run("allocate", argv, tmp_path, capsys)
+    assert words in str(info.value)
+    assert kernel.writes == []
+
+
+def test_status_shows_pools_guests_and_json(kernel, tmp_path, capsys):
+    from hugexml.alloc import Allocator
+    from hugexml.model import DemandItem, GuestId, Plan
+
+    alloc = Allocator(kernel, str(tmp_path / "state"), make_config())
+    alloc.reserve(Plan("vm1", None, (), (DemandItem(M2, (1,), 5, "strict"),)), GuestId("vm1"))
+    code, out = run("status", ["--json"], tmp_path, capsys)
+    status = json.loads(out)
+    pool = next(p for p in status["pools"] if p["node"] == 1 and p["size_kib"] == M2)
+    assert pool["total"] == 5 and pool["claimed"] == 5 and pool["added_by_hugexml"] == 5
+    assert [g["name"] for g in status["guests"]] == ["vm1"]
+    code, out = run("status", [], tmp_path, capsys)
+    assert code == 0
+    assert "vm1 (vm1): pending; added node 1: 5 x 2M" in out
+    assert out.splitlines()[0].split() == ["node", "size", "total", "free", "resv<=",
+                                           "surplus", "claimed", "added", "allocatable"]
+
+
+def test_status_survives_a_corrupt_ledger(kernel, tmp_path, capsys):
+    (tmp_path / "state").mkdir(mode=0o700)
+    (tmp_path / "state" / "ledger.json").write_text("{oops")
+    code, out = run("status", [], tmp_path, capsys)
+    assert code == 0 and "ledger" in out and "corrupt" in out
+    code, out = run("reconcile", ["--json"], tmp_path, capsys)
+    assert "moved_to" in json.loads(out)["corrupt"]
+
+
+def test_release_unknown_and_known(kernel, tmp_path, capsys):
+    code, out = run("release", ["ghost"], tmp_path, capsys)
+    assert code == 1 and "ghost: not in the ledger" in out
+    from hugexml.alloc import Allocator
+    from hugexml.model import DemandItem, GuestId, Plan
+
+    alloc = Allocator(kernel, str(tmp_path / "state"), make_config())
+    alloc.reserve(Plan("vm1", None, (), (DemandItem(M2, (0,), 3, "strict"),)), GuestId("vm1"))
+    code, out = run("release", ["vm1", "--json"], tmp_path, capsys)
+    assert code == 0 and json.loads(out)["released"] == {"0:2048": 3}
+    assert kernel.nr(0, M2) == 0
+
+
+def test_reserve_command_plans_and_claims(kernel, tmp_path, capsys):
+    pytest.importorskip("hugexml.plan")
+    root = tmp_path / "root"
+    for node in (0, 1):
+        (root / f"sys/devices/system/node/node{node}").mkdir(parents=True)
+    for size in (2048, 1048576):
+        (root / f"sys/kernel/mm/hugepages/hugepages-{size}kB").mkdir(parents=True)
+    (root / "proc").mkdir()
+    (root / "proc/meminfo").write_text("Hugepagesize:       2048 kB\n")
+    xml = tmp_path / "vm.xml"
+    xml.write_text("""<domain type='kvm'><name>vm9</name><memory unit='MiB'>64</memory>
+      <memoryBacking><hugepages/><source type='memfd'/></memoryBacking>
+      <numatune><memory mode='strict' nodeset='1'/></numatune></domain>""")
+    code, out = run("reserve", [str(xml), "--json"], tmp_path, capsys)
+    result = json.loads(out)
+    assert code == 0 and result["claimed"] == {"1:2048": 32}
+    assert kernel.nr(1, M2) == 32

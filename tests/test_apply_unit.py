@@ -1,0 +1,306 @@
+"""hugexml apply against a fake libvirt connection (injectable): diff, backup, define, undo."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("hugexml.domxml")
+pytest.importorskip("hugexml.plan")
+
+from lxml import etree
+
+from hugexml import apply as ap
+from hugexml.cli import main as cli_main
+from hugexml.errors import LibvirtError
+from hugexml.model import HostInfo
+
+HOST = HostInfo(default_page_kib=2048, page_sizes_kib=(2048, 1048576), nodes=(0,))
+
+PLAIN = """<domain type='kvm'>
+  <name>{name}</name>
+  <uuid>{uuid}</uuid>
+  <memory unit='KiB'>{kib}</memory>
+  <vcpu placement='static'>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+  </os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <graphics type='vnc' port='-1' passwd='s3cret'/>
+  </devices>
+</domain>
+"""
+
+
+class FakeError(Exception):
+    def get_error_message(self) -> str:
+        return str(self.args[0])
+
+
+class FakeDomain:
+    def __init__(self, conn: FakeConn, xml: str, active: bool = False, persistent: bool = True):
+        self.conn = conn
+        self.xml = xml
+        self.live_xml = xml if active else None
+        self.persistent = persistent
+        root = etree.fromstring(xml.encode())
+        self._name = root.findtext("name")
+        self._uuid = root.findtext("uuid")
+
+    def name(self) -> str:
+        return self._name
+
+    def UUIDString(self) -> str:
+        return self._uuid
+
+    def XMLDesc(self, flags: int = 0) -> str:
+        self.conn.calls.append(("XMLDesc", self._name, flags))
+        if flags & ap.VIR_DOMAIN_XML_INACTIVE or self.live_xml is None:
+            return self.xml
+        return self.live_xml
+
+    def isActive(self) -> int:
+        return int(self.live_xml is not None)
+
+    def isPersistent(self) -> int:
+        return int(self.persistent)
+
+
+class FakeConn:
+    def __init__(self) -> None:
+        self.domains: dict[str, FakeDomain] = {}
+        self.calls: list[tuple] = []
+        self.fail_define: set[str] = set()
+        self.closed = False
+
+    def add(
+        self,
+        name: str,
+        kib: int = 1048576,
+        active: bool = False,
+        persistent: bool = True,
+        xml: str | None = None,
+    ) -> FakeDomain:
+        uuid = f"00000000-0000-4000-8000-{len(self.domains):012d}"
+        dom = FakeDomain(
+            self, xml or PLAIN.format(name=name, uuid=uuid, kib=kib), active, persistent
+        )
+        self.domains[name] = dom
+        return dom
+
+    def lookupByName(self, name: str) -> FakeDomain:
+        if name not in self.domains:
+            raise FakeError(f"Domain not found: no domain with matching name '{name}'")
+        return self.domains[name]
+
+    def listAllDomains(self, flags: int = 0) -> list[FakeDomain]:
+        assert flags == ap.VIR_CONNECT_LIST_DOMAINS_PERSISTENT
+        return [d for d in self.domains.values() if d.persistent]
+
+    def defineXML(self, xml: str) -> FakeDomain:
+        root = etree.fromstring(xml.encode())
+        name = root.findtext("name")
+        self.calls.append(("defineXML", name))
+        if name in self.fail_define:
+            raise FakeError("operation failed: domain definition rejected\n(second line)")
+        dom = self.domains.get(name)
+        if dom is None:
+            dom = self.domains[name] = FakeDomain(self, xml)
+        elif dom.UUIDString() != root.findtext("uuid"):
+            raise FakeError(f"operation failed: domain '{name}' already exists with another uuid")
+        dom.xml = xml  # the persistent definition only; a running guest keeps its live XML
+        return dom
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def conn() -> FakeConn:
+    return FakeConn()
+
+
+def applier(conn: FakeConn, tmp_path: Path, **kw) -> ap.Applier:
+    return ap.Applier(conn, FakeError, HOST, backup_dir=str(tmp_path / "backups"), **kw)
+
+
+def test_explicit_2m_rewrite_diff_backup_define(conn, tmp_path):
+    dom = conn.add("vm1")
+    old = dom.xml
+    out = applier(conn, tmp_path).apply("vm1", 2048)
+    assert out.status == "changed", out.message
+    assert ("XMLDesc", "vm1", ap.VIR_DOMAIN_XML_INACTIVE | ap.VIR_DOMAIN_XML_SECURE) in conn.calls
+    assert "<page size='2048' unit='KiB'/>" in dom.xml or 'size="2048"' in dom.xml
+    assert "+  <memoryBacking>" in out.diff and out.diff.startswith("--- vm1 (defined)")
+    # The backup is the old XML, byte for byte, private (it holds the VNC password).
+    assert Path(out.backup).read_text() == old
+    assert stat.S_IMODE(os.stat(out.backup).st_mode) == 0o600
+    assert Path(out.backup).name.startswith("vm1-00000000-0000-4000-8000-000000000000-")
+    # Everything outside <memoryBacking> is untouched.
+    assert (
+        dom.xml.replace(
+            dom.xml[dom.xml.index("  <memoryBacking>") : dom.xml.index("</memoryBacking>\n") + 17],
+            "",
+        )
+        == old
+    )
+
+
+def test_running_guest_is_told_next_start_and_keeps_its_live_xml(conn, tmp_path):
+    dom = conn.add("vm1", active=True)
+    live = dom.live_xml
+    out = applier(conn, tmp_path).apply("vm1", 2048)
+    assert out.status == "changed" and out.running
+    assert "takes effect at its next start" in out.message
+    assert dom.live_xml == live and dom.xml != live
+
+
+def test_dry_run_changes_nothing(conn, tmp_path):
+    dom = conn.add("vm1")
+    old = dom.xml
+    out = applier(conn, tmp_path, dry_run=True).apply("vm1", 2048)
+    assert out.status == "would-change" and out.diff
+    assert dom.xml == old and not (tmp_path / "backups").exists()
+    assert not [c for c in conn.calls if c[0] == "defineXML"]
+
+
+def test_second_apply_is_unchanged_and_writes_no_backup(conn, tmp_path):
+    conn.add("vm1")
+    a = applier(conn, tmp_path)
+    assert a.apply("vm1", 2048).status == "changed"
+    again = a.apply("vm1", 2048)
+    assert again.status == "unchanged"
+    assert len(os.listdir(tmp_path / "backups")) == 1
+
+
+def test_auto_picks_per_host_and_undo_walks_back(conn, tmp_path):
+    dom = conn.add("vm1", kib=2 * 1048576)
+    original = dom.xml
+    clock = iter(range(1_000_000, 1_000_100))
+    a = applier(conn, tmp_path, clock=lambda: float(next(clock)))
+    first = a.apply("vm1", "auto")
+    assert first.status == "changed"
+    assert "1048576" in dom.xml  # 2 GiB: the largest dividing size is 1G
+    after_auto = dom.xml
+    second = a.apply("vm1", 2048)
+    assert second.status == "changed" and "'2048'" in dom.xml
+    undo1 = a.undo("vm1")
+    assert undo1.status == "restored" and dom.xml == after_auto
+    undo2 = a.undo("vm1")
+    assert undo2.status == "restored" and dom.xml == original
+    undo3 = a.undo("vm1")
+    assert undo3.status == "failed" and "no hugexml backup" in undo3.message
+
+
+def test_libvirt_errors_are_one_line_and_others_still_done(conn, tmp_path):
+    conn.add("good")
+    conn.add("rejected")
+    conn.fail_define.add("rejected")
+    a = applier(conn, tmp_path)
+    outs = [a.apply(n, 2048) for n in ("missing", "rejected", "good")]
+    assert [o.status for o in outs] == ["failed", "failed", "changed"]
+    assert "Domain not found" in outs[0].message and "\n" not in outs[0].message
+    assert (
+        "defineXML: operation failed: domain definition rejected (second line)" in outs[1].message
+    )
+    assert ap.exit_code(outs) == 1
+    line = ap.summary_line(outs)
+    assert "1 changed" in line and "2 failed (missing, rejected)" in line
+
+
+def test_no_backup_no_define(conn, tmp_path):
+    conn.add("vm1")
+    (tmp_path / "backups").write_text("a file where the directory should be")
+    out = applier(conn, tmp_path).apply("vm1", 2048)
+    assert out.status == "failed" and "cannot write the backup" in out.message
+    assert not [c for c in conn.calls if c[0] == "defineXML"]
+
+
+def test_transient_domain_is_refused(conn, tmp_path):
+    conn.add("tmp", active=True, persistent=False)
+    out = applier(conn, tmp_path).apply("tmp", 2048)
+    assert out.status == "failed" and "transient" in out.message
+
+
+def test_all_auto_refuses_guests_that_do_not_fit(conn, tmp_path):
+    conn.add("small", kib=1048576)
+    conn.add("huge", kib=64 * 1048576)
+    check = ap.capacity_fit_check(lambda node: 8 * 1048576)  # 8 GiB on node 0
+    a = applier(conn, tmp_path, fit_check=check)
+    outs = [a.apply(n, "auto", refuse_unfit=True) for n in a.persistent_names()]
+    by = {o.name: o for o in outs}
+    assert by["small"].status == "changed"
+    assert by["huge"].status == "refused" and "domain 'huge': refused" in by["huge"].message
+    assert "refused (huge)" in ap.summary_line(outs)
+
+
+def test_connect_without_bindings_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "libvirt", None)
+    with pytest.raises(LibvirtError, match="libvirt Python bindings are not installed"):
+        ap.connect("qemu:///system")
+
+
+@pytest.fixture
+def fake_host_root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "proc").mkdir(parents=True)
+    (root / "proc/meminfo").write_text("MemTotal: 16000000 kB\nHugepagesize:       2048 kB\n")
+    for size in (2048, 1048576):
+        (root / f"sys/kernel/mm/hugepages/hugepages-{size}kB").mkdir(parents=True)
+    node = root / "sys/devices/system/node/node0"
+    node.mkdir(parents=True)
+    (node / "meminfo").write_text(
+        "Node 0 MemTotal:       8388608 kB\nNode 0 MemFree:  4000000 kB\n"
+    )
+    return root
+
+
+def run_cli(monkeypatch, conn: FakeConn, root: Path, *args: str) -> int:
+    import hugexml.commands.apply as cmd
+
+    monkeypatch.setattr(cmd, "CONNECT", lambda uri: (conn, FakeError))
+    return cli_main(["--root", str(root), "apply", *args])
+
+
+def test_cli_all_auto_json_and_exit_codes(monkeypatch, capsys, conn, fake_host_root, tmp_path):
+    pytest.importorskip("hugexml.host")
+    conn.add("a", kib=1048576)
+    conn.add("b", kib=2 * 1048576, active=True)
+    conn.add("toolarge", kib=32 * 1048576)
+    code = run_cli(
+        monkeypatch,
+        conn,
+        fake_host_root,
+        "--all",
+        "--page-size",
+        "auto",
+        "--backup-dir",
+        str(tmp_path / "bk"),
+        "--json",
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert report["summary"]["changed"] == ["a", "b"] and report["summary"]["refused"] == [
+        "toolarge"
+    ]
+    assert conn.closed
+    assert len(os.listdir(tmp_path / "bk")) == 2
+    code = run_cli(
+        monkeypatch, conn, fake_host_root, "--undo", "b", "--backup-dir", str(tmp_path / "bk")
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "b: restored from" in out and "1 domain(s): 1 restored" in out
+
+
+def test_cli_bad_input_exit_2(monkeypatch, capsys, conn, fake_host_root):
+    assert run_cli(monkeypatch, conn, fake_host_root) == 2
+    assert run_cli(monkeypatch, conn, fake_host_root, "vm", "--page-size", "3X") == 2
+    assert run_cli(monkeypatch, conn, fake_host_root, "--undo", "--all") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("hugexml apply: ") for line in err)

@@ -1,0 +1,202 @@
+"""hugexml boot: the kernel command line, grub, sysctl.d and the runtime reservation."""
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hugexml import boot
+from hugexml.errors import HostError, InvalidInput
+from hugexml.root import HostRoot
+
+M2, G1 = 2048, 1048576
+
+# The kernel's documented syntax (Documentation/admin-guide/kernel-parameters.txt,
+# "hugepages=", "hugepagesz=", "default_hugepagesz="; Documentation/admin-guide/mm/
+# hugetlbpage.rst): sizes are "size[KMG]"; hugepages is "<integer>" or, node format
+# (Linux 5.16, commit b5389086ad7b), "<node>:<integer>[,<node>:<integer>]"; a hugepages=
+# applies to the hugepagesz= just before it; default_hugepagesz is given once.
+SIZE = r"[0-9]+[KMG]"
+COUNT = r"([0-9]+|[0-9]+:[0-9]+(,[0-9]+:[0-9]+)*)"
+DOCUMENTED = re.compile(rf"(default_hugepagesz={SIZE} )?(hugepagesz={SIZE} hugepages={COUNT} ?)*\Z")
+
+
+def host_root(base: Path, nodes=(0, 1), mem_kib=64 << 20, node_kib=32 << 20, osrelease="6.18.0",
+              flags="fpu pse pdpe1gb") -> HostRoot:
+    for size in (M2, G1):
+        (base / f"sys/kernel/mm/hugepages/hugepages-{size}kB").mkdir(parents=True)
+    for n in nodes:
+        (base / f"sys/devices/system/node/node{n}").mkdir(parents=True)
+        (base / f"sys/devices/system/node/node{n}/meminfo").write_text(
+            f"Node {n} MemTotal:       {node_kib} kB\nNode {n} MemFree: 1 kB\n")
+    (base / "proc/sys/kernel").mkdir(parents=True)
+    (base / "proc/sys/kernel/osrelease").write_text(osrelease + "\n")
+    (base / "proc/meminfo").write_text(f"MemTotal: {mem_kib} kB\nHugepagesize: 2048 kB\n")
+    (base / "proc/cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    return HostRoot(str(base))
+
+
+@pytest.mark.parametrize("reserve,default,expect", [
+    (["2M:512"], None, "hugepagesz=2M hugepages=512"),
+    (["1G:4", "2M:512"], "1G", "default_hugepagesz=1G hugepagesz=1G hugepages=4 "
+                               "hugepagesz=2M hugepages=512"),
+    (["1G:4@1", "1G:2@0"], None, "hugepagesz=1G hugepages=0:2,1:4"),
+    (["2M:100@0 2M:200@1,1G:1"], "2M", "default_hugepagesz=2M hugepagesz=2M hugepages=0:100,1:200 "
+                                       "hugepagesz=1G hugepages=1"),
+    (["1G:0"], None, "hugepagesz=1G hugepages=0"),
+])
+def test_kernel_params_follow_the_documented_syntax(reserve, default, expect):
+    specs = boot.parse_specs(reserve)
+    params = boot.kernel_params(specs, {"1G": G1, "2M": M2, None: None}[default])
+    cmdline = " ".join(params)
+    assert cmdline == expect
+    assert DOCUMENTED.match(cmdline), cmdline
+    # every hugepages= right after its hugepagesz=
+    for i, p in enumerate(params):
+        if p.startswith("hugepages="):
+            assert params[i - 1].startswith("hugepagesz=")
+
+
+@pytest.mark.parametrize("text,match", [
+    ("2M", "is not SIZE:COUNT"), ("2M:-1", "is not SIZE:COUNT"), ("2Q:1", "unknown unit"),
+    ("0M:1", "must be positive"), ("2M:1@1024", "node 1024 is out of range"),
+    ("2M:99999999999", "out of range"), ("2M:1 2M:2", "repeats"),
+    ("2M:1@0 2M:2", "both for all nodes and per node"),
+])
+def test_bad_reservations_are_one_clear_line(text, match):
+    with pytest.raises(InvalidInput, match=match):
+        boot.parse_specs([text])
+
+
+def test_host_checks(tmp_path):
+    root = host_root(tmp_path / "a")
+    assert boot.check_host(root, boot.parse_specs(["2M:512@1"]), None) == []
+    with pytest.raises(InvalidInput, match=r"node 2 does not exist \(nodes: 0, 1\)"):
+        boot.check_host(root, boot.parse_specs(["2M:1@2"]), None)
+    with pytest.raises(InvalidInput, match=r"reserving 31\.0 GiB on node 0 would leave less "
+                                           r"than 1\.6 GiB of its 32\.0 GiB"):
+        boot.check_host(root, boot.parse_specs(["1G:31@0"]), None)
+    with pytest.raises(InvalidInput, match="on the host would leave"):
+        boot.check_host(root, boot.parse_specs(["1G:63"]), None)
+    old = host_root(tmp_path / "b", osrelease="5.15.0-91-generic")
+    with pytest.raises(InvalidInput, match=r"needs Linux 5\.16 or later \(this is 5\.15\)"):
+        boot.check_host(old, boot.parse_specs(["2M:1@0"]), None)
+    assert boot.check_host(old, boot.parse_specs(["2M:1"]), None) == []
+
+
+def test_1g_on_a_cpu_without_pdpe1gb_is_refused(tmp_path):
+    root = host_root(tmp_path, flags="fpu pse")
+    (tmp_path / "sys/kernel/mm/hugepages/hugepages-1048576kB").rmdir()
+    with pytest.raises(InvalidInput, match="1G pages need a CPU with pdpe1gb"):
+        boot.check_host(root, boot.parse_specs(["1G:1"]), None)
+
+
+def test_grubby_replaces_old_hugepage_args_and_keeps_the_rest():
+    calls: list[list[str]] = []
+
+    def runner(argv):
+        calls.append(list(argv))
+        out = ('index=0\nkernel="/boot/vmlinuz"\nargs="ro quiet hugepagesz=1G hugepages=2"\n'
+               'index=1\nargs="ro hugepages=64"\n') if "--info=ALL" in argv else ""
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    done = boot.apply_grubby(["hugepagesz=2M", "hugepages=512"], runner)
+    assert calls[1:] == [
+        ["grubby", "--update-kernel=ALL", "--remove-args=hugepagesz=1G hugepages=2 hugepages=64"],
+        ["grubby", "--update-kernel=ALL", "--args=hugepagesz=2M hugepages=512"],
+    ]
+    assert len(done) == 2
+
+    def failing(argv):
+        return subprocess.CompletedProcess(argv, 0 if "--info=ALL" in argv else 1, "", "boom")
+
+    with pytest.raises(HostError, match=r"grubby: .*failed: boom"):
+        boot.apply_grubby(["hugepagesz=2M", "hugepages=1"], failing)
+
+
+def test_without_grubby_the_etc_default_grub_edit_is_printed_not_written(tmp_path):
+    root = host_root(tmp_path)
+    grub = tmp_path / "etc/default/grub"
+    grub.parent.mkdir(parents=True)
+    text = ('GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\n'
+            'GRUB_CMDLINE_LINUX="console=ttyS0 hugepages=16 iommu=pt"\n')
+    grub.write_text(text)
+    edit = boot.grub_default_edit(root, ["hugepagesz=1G", "hugepages=4"],
+                                  which=lambda name: "/usr/sbin/update-grub"
+                                  if name == "update-grub" else None)
+    assert edit == {"file": "/etc/default/grub",
+                    "old": 'GRUB_CMDLINE_LINUX="console=ttyS0 hugepages=16 iommu=pt"',
+                    "new": 'GRUB_CMDLINE_LINUX="console=ttyS0 iommu=pt hugepagesz=1G hugepages=4"',
+                    "regenerate": "update-grub"}
+    assert grub.read_text() == text
+    (tmp_path / "boot/grub2").mkdir(parents=True)
+    edit = boot.grub_default_edit(root, ["hugepagesz=1G", "hugepages=4"], which=lambda n: None)
+    assert edit["regenerate"] == "grub2-mkconfig -o /boot/grub2/grub.cfg"
+
+
+def test_sysctl_snippet_only_for_the_default_size_on_the_whole_host(tmp_path):
+    assert boot.sysctl_snippet(boot.parse_specs(["2M:512", "1G:2"]), M2).endswith(
+        "vm.nr_hugepages = 512\n")
+    with pytest.raises(InvalidInput, match="no per-node form"):
+        boot.sysctl_snippet(boot.parse_specs(["2M:512@0"]), M2)
+    with pytest.raises(InvalidInput, match="no reservation of that size"):
+        boot.sysctl_snippet(boot.parse_specs(["1G:2"]), M2)
+    path = boot.write_sysctl(HostRoot(str(tmp_path)), "vm.nr_hugepages = 8\n")
+    assert Path(path).read_text() == "vm.nr_hugepages = 8\n"
+
+
+class FakeAllocator:
+    def __init__(self, admin, fail_sizes=()):
+        self.admin, self.calls, self.fail_sizes = admin, [], fail_sizes
+
+    def snapshot(self):
+        return {"admin": self.admin}
+
+    def allocate_admin(self, size_kib, count, node=None, dry_run=False):
+        from hugexml.errors import InsufficientPages
+
+        if size_kib in self.fail_sizes:
+            raise InsufficientPages(domain="(admin)", node=node, size_kib=size_kib, needed=count,
+                                    available=0, possible=0, detail="fragmented")
+        self.calls.append((size_kib, count, node, dry_run))
+        return {"add": {f"{node or 0}:{size_kib}": count}}
+
+
+def test_apply_runtime_adds_only_what_the_admin_pages_lack_and_goes_on_after_a_failure():
+    alloc = FakeAllocator({"0:2048": 100, "1:2048": 512, "0:1048576": 1}, fail_sizes=(G1,))
+    specs = boot.parse_specs(["2M:512@0 2M:512@1 1G:4"])
+    rows = boot.apply_runtime(specs, alloc)
+    assert alloc.calls == [(M2, 412, 0, False)]          # node 1 already has its 512
+    assert [r["adding"] for r in rows] == [412, 0, 3]
+    assert "error" in rows[2] and "fragmented" in rows[2]["error"]
+
+
+def run_command(argv, root, config=None, state="/nonexistent-state"):
+    from hugexml.cli import Context
+    from hugexml.commands import boot as cmd
+
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    ctx = Context(root, state, config or "/nonexistent.conf", bool(config), 0)
+    return cmd.run(p.parse_args(argv), ctx)
+
+
+def test_command_prints_the_cmdline_and_the_grub_edit(tmp_path, capsys):
+    root = host_root(tmp_path)
+    assert run_command(["--reserve", "1G:2@0", "--reserve", "1G:2@1", "--default-size", "1G",
+                        "--apply"], root) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "default_hugepagesz=1G hugepagesz=1G hugepages=0:2,1:2"
+    assert '  GRUB_CMDLINE_LINUX="default_hugepagesz=1G hugepagesz=1G hugepages=0:2,1:2"' in out
+    with pytest.raises(InvalidInput, match="at least one --reserve"):
+        run_command([], root)
+
+
+def test_command_apply_runtime_with_an_empty_reserve_does_nothing(tmp_path, capsys):
+    pytest.importorskip("hugexml.config")
+    root = host_root(tmp_path)
+    assert run_command(["--apply-runtime"], root) == 0
+    assert "nothing to reserve" in capsys.readouterr().out

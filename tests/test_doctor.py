@@ -1,0 +1,279 @@
+"""hugexml doctor on a fake root: each problem reported with the right status and fix."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hugexml.daemon import Daemon
+from hugexml.doctor import FAIL, OK, SKIP, WARN, Check, Doctor, exit_code
+from hugexml.model import Consumer, Plan
+from hugexml.root import HostRoot
+
+sys.path.insert(0, str(Path(__file__).parent))
+from simkernel import SimKernel
+
+M2, G1 = 2048, 1048576
+NAMES = ["guests", "cpu-1g", "default-size", "pools", "mounts", "qemu.conf", "stale-daemon",
+         "hook", "ledger", "thp", "fragmentation"]
+
+
+class FakeHost:
+    def __init__(self, base: Path, pdpe1gb: bool = True, nodes: int = 2) -> None:
+        self.base = base
+        self.root = HostRoot(str(base))
+        self.state = str(base / "run/hugexml")
+        self.sim = SimKernel(nodes=nodes)
+        for size in (M2, G1):
+            (base / f"sys/kernel/mm/hugepages/hugepages-{size}kB").mkdir(parents=True)
+        for n in range(nodes):
+            (base / f"sys/devices/system/node/node{n}").mkdir(parents=True)
+        thp = base / "sys/kernel/mm/transparent_hugepage"
+        thp.mkdir(parents=True)
+        (thp / "enabled").write_text("always [madvise] never\n")
+        (thp / "defrag").write_text("always defer defer+madvise [madvise] never\n")
+        (base / "proc/self").mkdir(parents=True)
+        (base / "proc/meminfo").write_text("MemTotal: 67108864 kB\nHugepagesize: 2048 kB\n")
+        (base / "proc/cmdline").write_text("ro quiet\n")
+        flags = "fpu pse pdpe1gb" if pdpe1gb else "fpu pse"
+        (base / "proc/cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        self.daemons: list[Daemon] = []
+        self.mounts({"/dev/hugepages": "2M", "/dev/hugepages1G": "1024M"})
+        self.install_hook()
+
+    def mounts(self, table: dict[str, str]) -> None:
+        rows = ["proc /proc proc rw 0 0"]
+        for path, size in table.items():
+            rows.append(f"hugetlbfs {path} hugetlbfs rw,relatime,pagesize={size} 0 0")
+            (self.base / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        (self.base / "proc/self/mounts").write_text("\n".join(rows) + "\n")
+
+    def install_hook(self, mode: int = 0o755) -> Path:
+        hook = self.base / "etc/libvirt/hooks/qemu.d/hugexml"
+        hook.parent.mkdir(parents=True, exist_ok=True)
+        hook.write_text("#!/usr/bin/python3 -I\nfrom hugexml.hook import main\n")
+        hook.chmod(mode)
+        return hook
+
+    def doctor(self, domains=(), planner=None) -> dict[str, Check]:
+        doc = Doctor(self.root, self.state, daemons=self.daemons, gateway=self.sim,
+                     domains=list(domains), planner=planner or fake_plan)
+        checks = doc.run()
+        assert [c.name for c in checks] == [*NAMES[1:], "guests"]
+        return {c.name: c for c in checks}
+
+
+def fake_plan(xml: bytes, host, source: str) -> Plan:
+    """Stand-in for hugexml.plan.plan_xml (the doctor is under test, not the planner): one
+    2 GiB consumer of the page size and source the guest() XML below names."""
+    m = re.search(rb"<name>([^<]+)</name>.*<page size='([0-9]+)'", xml)
+    name, size_kib = m.group(1).decode(), int(m.group(2))
+    source_type = "memfd" if b"memfd" in xml else "file"
+    consumer = Consumer("memory", None, None, 2 << 20, size_kib, (2 << 20) // size_kib, None,
+                        None, source_type, False)
+    return Plan(name, None, (consumer,))
+
+
+def guest(name: str, size_kib: int, memfd: bool = False) -> tuple[str, bytes]:
+    source = "<source type='memfd'/>" if memfd else ""
+    return name, (f"<domain type='kvm'><name>{name}</name><memory unit='GiB'>2</memory>"
+                  f"<memoryBacking><hugepages><page size='{size_kib}' unit='KiB'/></hugepages>"
+                  f"{source}</memoryBacking><vcpu>1</vcpu><os><type>hvm</type></os>"
+                  "</domain>").encode()
+
+
+@pytest.fixture
+def host(tmp_path):
+    return FakeHost(tmp_path / "root")
+
+
+def test_a_well_set_up_host_is_all_ok(host):
+    checks = host.doctor()
+    bad = {n: c.line() for n, c in checks.items() if c.status not in (OK, SKIP)}
+    assert bad == {}
+    assert exit_code(list(checks.values())) == 0
+    assert checks["pools"].message == ("node 0: 2M 0/0 free, 1G 0/0 free; "
+                                       "node 1: 2M 0/0 free, 1G 0/0 free")
+
+
+def test_missing_1g_mount_warns_with_the_fix(host):
+    host.mounts({"/dev/hugepages": "2M"})
+    check = host.doctor()["mounts"]
+    assert check.status == WARN
+    assert check.fix == ("hugexml mounts ensure --size 1G --persist, then restart libvirtd "
+                         "(it sees mounts only at start)")
+
+
+def test_missing_1g_mount_fails_when_a_file_backed_guest_needs_it(host):
+    host.mounts({"/dev/hugepages": "2M"})
+    checks = host.doctor([guest("db1", G1), guest("web", M2)])
+    assert checks["mounts"].status == FAIL and "1G for db1" in checks["mounts"].message
+    assert checks["guests"].status == FAIL
+    assert "db1: no 1G hugetlbfs mount libvirt can use" in checks["guests"].message
+    # a memfd guest needs no mount
+    assert host.doctor([guest("db2", G1, memfd=True)])["mounts"].status == WARN
+
+
+def test_qemu_conf_naming_an_unmounted_path_fails(host):
+    host.mounts({"/dev/hugepages": "2M"})
+    conf = host.base / "etc/libvirt/qemu.conf"
+    conf.write_text('hugetlbfs_mount = ["/dev/hugepages", "/dev/hugepages1G"]\n')
+    check = host.doctor()["qemu.conf"]
+    assert check.status == FAIL
+    assert check.message.endswith("libvirtd will refuse to start: not a hugetlbfs mount: "
+                                  "'/dev/hugepages1G'")
+    assert "remove it from hugetlbfs_mount" in check.fix
+
+
+def test_qemu_conf_leaving_out_a_mounted_size(host):
+    (host.base / "etc/libvirt/qemu.conf").write_text('hugetlbfs_mount = "/dev/hugepages"\n')
+    check = host.doctor()["qemu.conf"]
+    assert check.status == WARN and "leaves out the mounted 1G pages" in check.message
+    assert check.fix == "add the 1G mount to hugetlbfs_mount and restart libvirtd"
+
+
+def test_1g_guest_on_a_cpu_without_pdpe1gb_fails(tmp_path):
+    host = FakeHost(tmp_path / "root", pdpe1gb=False)
+    assert host.doctor()["cpu-1g"].status == OK           # nobody asks for 1G
+    check = host.doctor([guest("big", G1)])["cpu-1g"]
+    assert check.status == FAIL
+    assert check.message == "guest big needs 1G pages but the CPU has no pdpe1gb"
+    assert "--page-size 2M" in check.fix
+
+
+def test_stale_daemon_is_reported_with_the_restart(host):
+    # libvirt made its directory in the 2M mount when it started; the 1G one came later
+    (host.base / "dev/hugepages/libvirt/qemu").mkdir(parents=True)
+    host.daemons = [Daemon(4242, "libvirtd", time.time() - 3600)]
+    checks = host.doctor()
+    check = checks["stale-daemon"]
+    assert check.status == WARN
+    assert check.message == ("hugetlbfs /dev/hugepages1G (1G) was mounted after libvirtd "
+                             "(pid 4242) started: it cannot use it")
+    assert check.fix == "restart libvirtd so it sees it"
+    # the hook, installed after the daemon started, was not discovered either
+    assert checks["hook"].status == WARN and checks["hook"].fix == "restart libvirtd"
+    assert exit_code(list(checks.values())) == 1
+
+
+def test_a_late_dropin_is_discovered_when_another_qemu_hook_enabled_qemu_d(host):
+    other = host.base / "etc/libvirt/hooks/qemu.d/00-admin"
+    other.write_text("#!/bin/sh\n")
+    other.chmod(0o755)
+    between = os.stat(other).st_ctime + 0.05
+    time.sleep(0.1)
+    hook = host.install_hook()                                   # after the daemon started
+    assert os.stat(other).st_ctime < between < os.stat(hook).st_ctime
+    host.daemons = [Daemon(1, "libvirtd", between)]
+    assert host.doctor()["hook"].status == OK                    # 00-admin enabled qemu.d
+    other.chmod(0o644)                                           # not a hook: not an enabler
+    assert host.doctor()["hook"].status == WARN
+
+
+def test_stale_daemon_fails_when_a_guest_needs_the_unseen_size(host):
+    host.daemons = [Daemon(7, "virtqemud", time.time() - 3600)]
+    checks = host.doctor([guest("db1", G1)])
+    assert checks["stale-daemon"].status == FAIL
+    assert exit_code(list(checks.values())) == 2
+
+
+def test_hook_missing_or_not_executable(host):
+    hook = host.install_hook(mode=0o644)
+    check = host.doctor()["hook"]
+    assert check.status == FAIL and check.fix == f"chmod 0755 {hook}"
+    hook.unlink()
+    assert host.doctor()["hook"].fix == "hugexml install-hook"
+
+
+def test_ledger_that_disagrees_with_the_kernel_asks_for_reconcile(host):
+    os.makedirs(host.state)
+    ledger = {"version": 1, "baseline": {"0:2048": 10}, "admin": {}, "kept": {},
+              "unreleased": {}, "guests": {}, "intent": None, "events": []}
+    Path(host.state, "ledger.json").write_text(json.dumps(ledger))
+    check = host.doctor()["ledger"]
+    assert check.status == WARN and check.fix == "hugexml reconcile"
+    assert "node 0 2M: kernel 0, ledger 10" in check.message
+    host.sim.set(0, M2, persistent=10)
+    assert host.doctor()["ledger"].status == OK
+    Path(host.state, "ledger.json").write_text("{not json")
+    assert host.doctor()["ledger"].status == FAIL
+
+
+def test_thp_defrag_always_warns(host):
+    (host.base / "sys/kernel/mm/transparent_hugepage/defrag").write_text("[always] madvise never\n")
+    (host.base / "sys/kernel/mm/transparent_hugepage/enabled").write_text("[always] never\n")
+    assert host.doctor()["thp"].status == WARN
+
+
+def test_cmdline_hugepagesz_without_count_warns(host):
+    (host.base / "proc/cmdline").write_text("ro hugepagesz=1G quiet\n")
+    assert host.doctor()["default-size"].status == WARN
+
+
+def test_cmdline_default_size_the_kernel_ignored_warns(host):
+    (host.base / "proc/cmdline").write_text("default_hugepagesz=1G hugepagesz=1G hugepages=2\n")
+    check = host.doctor()["default-size"]
+    assert check.status == WARN and "ignored default_hugepagesz=1G" in check.message
+    (host.base / "proc/meminfo").write_text("Hugepagesize: 1048576 kB\n")
+    assert host.doctor()["default-size"].status == OK
+
+
+def test_with_the_real_planner_a_1g_guest_needs_a_1g_mount(host):
+    plan = pytest.importorskip("hugexml.plan")
+    host.mounts({"/dev/hugepages": "2M"})
+    checks = host.doctor([guest("db1", G1)], planner=plan.plan_xml)
+    assert checks["mounts"].status == FAIL and checks["guests"].status == FAIL
+
+
+def test_fragmentation_reports_what_each_node_could_give(host, monkeypatch):
+    try:
+        import hugexml.host  # noqa: F401
+    except ImportError:
+        import types
+
+        stub = types.ModuleType("hugexml.host")
+
+        def predict_allocatable(orders, page_kib, base_page_kib=4):
+            need = (page_kib // base_page_kib).bit_length() - 1
+            return sum(n << (o - need) for o, n in enumerate(orders) if o >= need)
+
+        stub.predict_allocatable = predict_allocatable  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "hugexml.host", stub)
+    host.sim.set(0, M2, cap=3)                 # node 0's buddyinfo: 3 free order-9 blocks
+    check = host.doctor()["fragmentation"]
+    assert check.status == OK
+    assert check.message == ("node 0 could give 3 x 2M, 0 x 1G now; "
+                             "node 1 could give 0 x 2M, 0 x 1G now")
+    # a guest needs 1G pages and no node could give one: reserve them at boot
+    check = host.doctor([guest("db1", G1)])["fragmentation"]
+    assert check.status == WARN and check.fix == ("reserve 1G pages at boot: hugexml boot "
+                                                  "--reserve 1G:N@0 --apply")
+
+
+def test_guests_check_skips_without_libvirt(host, monkeypatch):
+    monkeypatch.setitem(sys.modules, "libvirt", None)     # import fails
+    doc = Doctor(host.root, host.state, daemons=[], gateway=host.sim)
+    (check,) = [c for c in doc.run() if c.name == "guests"]
+    assert check.status == SKIP and "libvirt-python" in check.message
+
+
+def test_doctor_command_json_has_every_check_and_the_exit_code(host, capsys, monkeypatch):
+    from hugexml.cli import Context
+    from hugexml.commands import doctor as cmd
+
+    monkeypatch.setitem(sys.modules, "libvirt", None)
+    host.mounts({"/dev/hugepages": "2M"})
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    ctx = Context(host.root, host.state, "/nonexistent.conf", False, 0)
+    code = cmd.run(p.parse_args(["--json"]), ctx)
+    data = json.loads(capsys.readouterr().out)
+    assert sorted(c["name"] for c in data["checks"]) == sorted(NAMES)
+    assert code == data["exit_code"] >= 1       # the 1G mount is missing
+    assert all(c["status"] in (OK, WARN, FAIL, SKIP) for c in data["checks"])

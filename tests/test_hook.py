@@ -1,0 +1,402 @@
+"""The hook's dispatch table, its no-op paths, its one-line errors and its XML filters.
+
+Host-changing paths run on a fake kernel (tests/fakekernel.py) through the ``make_gateway``
+injection point; the no-op paths are checked in a subprocess for what they import.
+"""
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hugexml import hook
+
+REPO = Path(__file__).resolve().parents[1]
+PLAIN = b"""<domain type='kvm'>
+  <name>vm1</name>
+  <uuid>6b0d5c1e-8f7a-4c1d-9a55-0c2b6f7e9a10</uuid>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+</domain>
+"""
+HUGE_2M = PLAIN.replace(
+    b"<vcpu>", b"<memoryBacking><hugepages><page size='2048' unit='KiB'/></hugepages>"
+               b"</memoryBacking>\n  <vcpu>")
+DIMM_ONLY = PLAIN.replace(
+    b"<vcpu>", b"<devices><memory model='dimm'><source><pagesize unit='KiB'>2048</pagesize>"
+               b"</source><target><size unit='MiB'>128</size><node>0</node></target></memory>"
+               b"</devices>\n  <vcpu>")
+
+
+class Unreadable(io.RawIOBase):
+    """A stdin that fails the test if the hook reads it."""
+
+    def read(self, *args, **kwargs):  # type: ignore[override]
+        raise AssertionError("the hook read stdin on a no-op path")
+
+    readinto = read  # type: ignore[assignment]
+
+
+def call(argv: list[str], data: bytes | None = None, **kw):
+    stdin = Unreadable() if data is None else io.BytesIO(data)
+    out, err = io.BytesIO(), io.StringIO()
+    code = hook.main(argv, stdin, out, err, **kw)
+    return code, out.getvalue(), err.getvalue()
+
+
+def no_gateway(root):
+    raise AssertionError("the hook built a host gateway on a no-op path")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No test here may touch /run/hugexml, /etc/hugexml or /dev/log."""
+    monkeypatch.setenv("HUGEXML_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "hugexml.conf").write_text("# defaults\n")
+    monkeypatch.setenv("HUGEXML_CONFIG", str(tmp_path / "hugexml.conf"))
+    monkeypatch.setenv("HUGEXML_ROOT", str(tmp_path / "emptyroot"))
+    monkeypatch.setattr(hook, "SYSLOG_ADDRESS", str(tmp_path / "no-syslog"))
+
+
+# --- the table ---------------------------------------------------------------------------
+def test_dispatch_table_handles_exactly_the_documented_operations():
+    assert set(hook.DISPATCH) == {
+        ("prepare", "begin"), ("started", "begin"), ("release", "end"),
+        ("reconnect", "begin"), ("migrate", "begin"), ("restore", "begin")}
+    # only prepare may fail a start; started/reconnect must never make libvirt kill a guest
+    assert {k: v[1] for k, v in hook.DISPATCH.items()} == {
+        ("prepare", "begin"): 1, ("started", "begin"): 0, ("release", "end"): 1,
+        ("reconnect", "begin"): 0, ("migrate", "begin"): 0, ("restore", "begin"): 0}
+
+
+@pytest.mark.parametrize("argv", [
+    ["qemu", "vm1", "start", "begin", "-"],
+    ["qemu", "vm1", "stopped", "end", "-"],
+    ["qemu", "vm1", "attach", "begin", "-"],
+    ["qemu", "vm1", "prepare", "end", "-"],   # a sub-operation we do not handle
+    ["qemu", "vm1", "release", "begin", "-"],
+    ["qemu", "vm1"],                          # malformed: never crash libvirt's call
+    ["qemu"],
+])
+def test_unhandled_operations_exit_0_without_reading_stdin(argv):
+    assert call(argv, make_gateway=no_gateway) == (0, b"", "")
+
+
+@pytest.mark.parametrize("op", [("prepare", "begin"), ("started", "begin"),
+                                ("release", "end"), ("reconnect", "begin")])
+def test_guests_without_hugepages_are_no_ops(op):
+    assert call(["qemu", "vm1", *op, "-"], PLAIN, make_gateway=no_gateway) == (0, b"", "")
+
+
+@pytest.mark.parametrize("op", [("migrate", "begin"), ("restore", "begin")])
+def test_filters_pass_a_guest_without_hugepages_through_byte_for_byte(op):
+    assert call(["qemu", "vm1", *op, "-"], PLAIN, make_gateway=no_gateway) == (0, PLAIN, "")
+
+
+@pytest.mark.parametrize("data,expected", [
+    (PLAIN, False), (HUGE_2M, True), (DIMM_ONLY, True),
+    (b"<domain><memoryBacking><hugepages/></memoryBacking></domain>", True),
+    (b"<domain><description>hugepages</description></domain>", False),
+])
+def test_mentions_hugepages(data, expected):
+    assert hook.mentions_hugepages(data) is expected
+
+
+@pytest.mark.parametrize("data,expected", [
+    (PLAIN, "6b0d5c1e-8f7a-4c1d-9a55-0c2b6f7e9a10"),
+    (b"<domain><uuid>6B0D5C1E8F7A4C1D9A550C2B6F7E9A10</uuid></domain>",
+     "6B0D5C1E8F7A4C1D9A550C2B6F7E9A10"),
+    (b"<domain><name>x</name></domain>", None),
+    (b"<domain><uuid>not-a-uuid</uuid></domain>", None),
+    (b"<domain><uuid>" + b"a" * 500, None),
+])
+def test_domain_uuid(data, expected):
+    assert hook.domain_uuid(data) == expected
+
+
+# --- what the no-op path costs -----------------------------------------------------------
+PROBE = r"""
+import io, sys
+from hugexml.hook import main
+stdin = io.BytesIO(sys.stdin.buffer.read()) if sys.argv[3] != "start" else None
+code = main(sys.argv, stdin, sys.stdout.buffer, sys.stderr)
+heavy = sorted(m for m in ("lxml", "lxml.etree", "psutil", "json", "logging", "argparse",
+                           "typing", "dataclasses", "socket", "subprocess", "configparser",
+                           "hugexml.plan", "hugexml.alloc", "hugexml.domxml", "hugexml.errors")
+               if m in sys.modules)
+print("exit", code, "heavy", ",".join(heavy) or "-", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("op,data", [
+    (["start", "begin"], b""),
+    (["prepare", "begin"], PLAIN),
+    (["release", "end"], PLAIN),
+    (["started", "begin"], PLAIN),
+])
+def test_no_op_paths_import_nothing_heavy(tmp_path, op, data):
+    proc = subprocess.run([sys.executable, "-I", "-c", PROBE, "vm1", *op, "-"],
+                          input=data, capture_output=True, timeout=60, check=False,
+                          env={"PATH": "/usr/bin:/bin", "LC_ALL": "C",
+                               "HUGEXML_STATE_DIR": str(tmp_path)})
+    assert proc.stderr.decode().strip() == "exit 0 heavy -"
+
+
+# --- logging -----------------------------------------------------------------------------
+def test_syslog_records_go_to_dev_log_as_one_datagram_each(tmp_path, monkeypatch):
+    address = str(tmp_path / "log")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(address)
+    monkeypatch.setattr(hook, "SYSLOG_ADDRESS", address)
+    try:
+        assert hook._syslog(["one", "two"], error=True)
+        first, second = server.recv(4096), server.recv(4096)
+    finally:
+        server.close()
+    assert first.startswith(b"<27>hugexml[") and first.endswith(b"]: one")
+    assert second.endswith(b"]: two")
+    monkeypatch.setattr(hook, "SYSLOG_ADDRESS", str(tmp_path / "gone"))
+    assert hook._syslog(["x"], error=False) is False
+
+
+def test_log_falls_back_to_stderr_only_when_the_hook_succeeds(tmp_path):
+    c = hook.Call(["qemu", "vm1", "release", "end", "-"], io.BytesIO(b""), io.BytesIO(),
+                  io.StringIO(), None)
+    c.log("released 2 pages")
+    c.flush_log(error=False, exit_code=0)
+    assert "hugexml: domain 'vm1' release end: released 2 pages (" in c.stderr.getvalue()
+    c2 = hook.Call(["qemu", "vm1", "prepare", "begin", "-"], io.BytesIO(b""), io.BytesIO(),
+                   io.StringIO(), None)
+    c2.log("failed: whatever")
+    c2.flush_log(error=True, exit_code=1)
+    assert c2.stderr.getvalue() == ""  # the caller's one line is all libvirt will show
+
+
+# --- failures ----------------------------------------------------------------------------
+def test_read_limit_is_the_safe_parser_limit():
+    from hugexml.xmlsafe import MAX_XML_BYTES
+
+    assert hook.READ_LIMIT_BYTES == MAX_XML_BYTES
+
+
+def test_oversized_input_is_one_line_and_exit_1_on_prepare(monkeypatch):
+    monkeypatch.setattr(hook, "READ_LIMIT_BYTES", 64)
+    code, out, err = call(["qemu", "vm1", "prepare", "begin", "-"], HUGE_2M)
+    assert (code, out) == (1, b"")
+    assert err.count("\n") == 1 and err.startswith("hugexml: domain 'vm1' XML: ")
+    assert "larger than" in err
+
+
+@pytest.mark.parametrize("op", [("restore", "begin"), ("migrate", "begin")])
+def test_filters_fail_open_with_empty_output(monkeypatch, op):
+    """libvirt reads empty output as 'unchanged'; prepare is the gate that explains."""
+    monkeypatch.setattr(hook, "READ_LIMIT_BYTES", 64)
+    code, out, err = call(["qemu", "vm1", *op, "-"], HUGE_2M)
+    assert (code, out) == (0, b"")
+    # no syslog here: the record falls back to stderr, which libvirt ignores on exit 0
+    assert "failed: domain 'vm1' XML: not a readable domain XML: larger than 0 MiB" in err
+
+
+def test_programming_errors_keep_their_traceback(monkeypatch):
+    def broken(c):
+        raise KeyError("bug")
+
+    monkeypatch.setitem(hook.DISPATCH, ("prepare", "begin"), (broken, 1))
+    with pytest.raises(KeyError):
+        call(["qemu", "vm1", "prepare", "begin", "-"], HUGE_2M)
+
+
+def test_a_failing_started_hook_never_fails_libvirt(monkeypatch):
+    from hugexml.errors import LockTimeout
+
+    def stuck(c):
+        raise LockTimeout(path="/run/hugexml/lock", seconds=30.0)
+
+    monkeypatch.setitem(hook.DISPATCH, ("started", "begin"), (stuck, 0))
+    code, out, err = call(["qemu", "vm1", "started", "begin", "-"], HUGE_2M)
+    assert (code, out) == (0, b"")
+    assert err.startswith("hugexml: domain 'vm1' started begin: failed: could not take the lock")
+
+
+def test_ledger_mentions_is_a_cheap_byte_search(tmp_path, monkeypatch):
+    state = tmp_path / "state"
+    monkeypatch.setenv("HUGEXML_STATE_DIR", str(state))
+    c = hook.Call(["qemu", "vm1", "release", "end", "-"], io.BytesIO(PLAIN), io.BytesIO(),
+                  io.StringIO(), None)
+    guest = c.guest()
+    assert guest.uuid == "6b0d5c1e-8f7a-4c1d-9a55-0c2b6f7e9a10"
+    assert c.ledger_mentions_guest() is False
+    state.mkdir()
+    ledger = state / hook.LEDGER_FILE
+    ledger.write_text('{"guests": {"someone-else": {"name": "vm10"}}}')
+    assert c.ledger_mentions_guest() is False
+    ledger.write_text(f'{{"guests": {{"{guest.uuid}": {{}}}}}}')
+    assert c.ledger_mentions_guest() is True
+    ledger.write_text('{"guests": {"k": {"name": "vm1"}}}')
+    assert c.ledger_mentions_guest() is True
+
+
+# --- on a fake host: sysfs/procfs tree for the plan, SimKernel behind the gateway ---------
+M2, G1 = 2048, 1048576
+
+
+def guest_xml(name: str, memory_mib: int, page_kib: int | None, node: int | None = None,
+              memfd: bool = False, uuid: str | None = None) -> bytes:
+    uuid = uuid or f"00000000-0000-4000-8000-{abs(hash(name)) % 10**12:012d}"
+    backing = ""
+    if page_kib is not None:
+        backing = (f"<memoryBacking><hugepages><page size='{page_kib}' unit='KiB'/></hugepages>"
+                   + ("<source type='memfd'/>" if memfd else "") + "</memoryBacking>")
+    numatune = (f"<numatune><memory mode='strict' nodeset='{node}'/></numatune>"
+                if node is not None else "")
+    return (f"<domain type='kvm'><name>{name}</name><uuid>{uuid}</uuid>"
+            f"<memory unit='MiB'>{memory_mib}</memory>{backing}{numatune}<vcpu>1</vcpu>"
+            "<os><type arch='x86_64'>hvm</type></os></domain>\n").encode()
+
+
+class FakeHost:
+    """Host info and mounts as files under a root; pools in a SimKernel (the gateway)."""
+
+    def __init__(self, base: Path, nodes: int = 2, mounts: tuple[int, ...] = (M2, G1)) -> None:
+        from simkernel import SimKernel
+
+        self.base = base
+        self.sim = SimKernel(nodes=nodes, sizes=(M2, G1))
+        for size in (M2, G1):
+            (base / f"sys/kernel/mm/hugepages/hugepages-{size}kB").mkdir(parents=True)
+        for n in range(nodes):
+            (base / f"sys/devices/system/node/node{n}").mkdir(parents=True)
+        (base / "proc/self").mkdir(parents=True)
+        (base / "proc/meminfo").write_text("MemTotal: 67108864 kB\nHugepagesize: 2048 kB\n")
+        self.set_mounts(mounts)
+
+    def set_mounts(self, sizes: tuple[int, ...]) -> None:
+        rows = ["proc /proc proc rw 0 0"]
+        names = {M2: "2M", G1: "1G"}
+        for size in sizes:
+            label = names[size]
+            rows.append(f"hugetlbfs /dev/hugepages{label} hugetlbfs rw,pagesize={label} 0 0")
+        (self.base / "proc/self/mounts").write_text("\n".join(rows) + "\n")
+
+    def gateway(self, root):
+        assert root.base == str(self.base)
+        return self.sim
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    for module in ("hugexml.plan", "hugexml.config", "hugexml.mounts", "hugexml.domxml"):
+        pytest.importorskip(module)
+    sys.path.insert(0, str(REPO / "tests"))
+    h = FakeHost(tmp_path / "root")
+    monkeypatch.setenv("HUGEXML_ROOT", str(h.base))
+    return h
+
+
+def hook_call(h: FakeHost, op: str, data: bytes, name: str = "vm1"):
+    subop = "end" if op == "release" else "begin"
+    return call(["qemu", name, op, subop, "-"], data, make_gateway=h.gateway)
+
+
+def ledger(tmp_path) -> dict:
+    import json
+
+    path = tmp_path / "state" / "ledger.json"
+    return json.loads(path.read_text()) if path.exists() else {"guests": {}}
+
+
+def test_lifecycle_allocates_exactly_on_the_bound_node_and_gives_it_back(host, tmp_path):
+    xml = guest_xml("vm1", 128, M2, node=1)
+    assert hook_call(host, "prepare", xml) == (0, b"", "")
+    assert (host.sim.nr(0, M2), host.sim.nr(1, M2)) == (0, 64)
+    (rec,) = ledger(tmp_path)["guests"].values()
+    assert rec["state"] == "pending" and rec["added"] == {"1:2048": 64}
+    host.sim.map(1, M2, 64)                       # qemu faults the memory in
+    assert hook_call(host, "started", xml)[0] == 0
+    assert next(iter(ledger(tmp_path)["guests"].values()))["state"] == "active"
+    host.sim.unmap(1, M2, 64)                     # qemu exits
+    assert hook_call(host, "release", xml)[0] == 0
+    assert host.sim.nr(1, M2) == 0
+    assert ledger(tmp_path)["guests"] == {}
+
+
+def test_release_after_a_failed_prepare_is_harmless(host, tmp_path):
+    host.sim.set(1, M2, cap=10)                   # fragmentation: 10 pages at most
+    xml = guest_xml("vm1", 128, M2, node=1)
+    code, out, err = hook_call(host, "prepare", xml)
+    assert (code, out) == (1, b"")
+    assert err.count("\n") == 1 and err.startswith("hugexml: domain 'vm1': node 1, 2048 KiB")
+    assert host.sim.nr(1, M2) == 0                # rolled back
+    assert hook_call(host, "release", xml) == (0, b"", "")
+    assert host.sim.nr(1, M2) == 0 and ledger(tmp_path)["guests"] == {}
+
+
+@pytest.mark.parametrize("xml,expect", [
+    (guest_xml("vm1", 128, 16384), "hugepage size 16384 KiB is not supported"),
+    (guest_xml("vm1", 128, M2, node=7), "node"),
+    (b"<domain><name>vm1</name><memoryBacking><hugepages/></memoryBacking>", "vm1"),
+])
+def test_invalid_domains_fail_with_one_line_and_touch_nothing(host, xml, expect):
+    code, out, err = hook_call(host, "prepare", xml)
+    assert (code, out) == (1, b"")
+    assert err.startswith("hugexml: ") and err.count("\n") == 1 and expect in err, err
+    assert host.sim.writes == []
+
+
+def test_a_missing_mount_fails_before_any_page_is_added_and_names_memfd(host):
+    host.set_mounts((M2,))
+    code, _, err = hook_call(host, "prepare", guest_xml("vm1", 1024, G1))
+    assert code == 1 and err.startswith("hugexml: domain 'vm1': ") and "memfd" in err, err
+    assert host.sim.writes == []
+    # memfd needs no mount
+    assert hook_call(host, "prepare", guest_xml("vm2", 1024, G1, memfd=True), "vm2")[0] == 0
+    assert sum(host.sim.nr(n, G1) for n in (0, 1)) == 1
+
+
+def test_reconnect_makes_a_pending_claim_active(host, tmp_path):
+    xml = guest_xml("vm1", 128, M2, node=0)
+    hook_call(host, "prepare", xml)
+    assert hook_call(host, "reconnect", xml)[0] == 0
+    (rec,) = ledger(tmp_path)["guests"].values()
+    assert rec["state"] == "active" and rec["added"] == {"0:2048": 64}
+
+
+def test_concurrent_prepares_never_count_the_same_free_pages_twice(host, tmp_path):
+    import threading
+
+    host.sim.set(0, M2, persistent=64)            # 64 free pages: enough for one guest alone
+    host.sim.set(1, M2, cap=0)
+    xmls = [guest_xml(f"vm{i}", 128, M2, node=0) for i in range(4)]
+    results: list[tuple[int, bytes, str]] = []
+    barrier = threading.Barrier(len(xmls))
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results.append(hook_call(host, "prepare", xmls[i], f"vm{i}"))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(xmls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [r[0] for r in results] == [0, 0, 0, 0], results
+    guests = ledger(tmp_path)["guests"]
+    assert sum(sum(g["claimed"].values()) for g in guests.values()) == 4 * 64
+    assert sum(sum(g["added"].values()) for g in guests.values()) == 3 * 64
+    assert host.sim.nr(0, M2) == 4 * 64
+
+
+def test_restore_filter_moves_an_unmounted_1g_guest_to_a_mounted_2m_size(host):
+    host.set_mounts((M2,))
+    xml = guest_xml("vm1", 1024, G1)
+    code, out, err = hook_call(host, "restore", xml)
+    assert code == 0, err
+    assert b"<page size='2048' unit='KiB'/>" in out and b"memfd" not in out
+    assert out.replace(b"2048", b"1048576") == xml          # nothing else changed
+    # fits already: the same bytes
+    host.set_mounts((M2, G1))
+    assert hook_call(host, "restore", xml)[:2] == (0, xml)
