@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from hugexml import __version__
 from hugexml.errors import HugexmlError
@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "shrink": "shrink",
     "reserve": "reserve",
     "release": "release",
+    "reconcile": "reconcile",
     "mounts": "mounts",
     "boot": "boot",
     "doctor": "doctor",
@@ -51,9 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: hugexml plan /etc/libvirt/qemu/vm1.xml --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--root", metavar="DIR", help="host root for sysfs/procfs (env HUGEXML_ROOT)")
-    parser.add_argument("--state-dir", metavar="DIR", help="ledger and lock dir (env HUGEXML_STATE_DIR, default /run/hugexml)")
-    parser.add_argument("--config", metavar="FILE", help="config file (env HUGEXML_CONFIG, default /etc/hugexml/hugexml.conf)")
+    parser.add_argument("--root", metavar="DIR",
+                        help="host root for sysfs/procfs (env HUGEXML_ROOT)")
+    parser.add_argument("--state-dir", metavar="DIR",
+                        help="ledger and lock dir (env HUGEXML_STATE_DIR, default /run/hugexml)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="config file (env HUGEXML_CONFIG, "
+                             "default /etc/hugexml/hugexml.conf)")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     parser.add_argument("--version", action="version", version=f"hugexml {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -82,7 +82,9 @@ def format_kib(size_kib: int) -> str:
     return f"{size_kib}K"
 
 
-def parse_nodeset(text: str | None, *, limit: int = MAX_NODES, what: str = "nodeset") -> frozenset[int]:
+def parse_nodeset(
+    text: str | None, *, limit: int = MAX_NODES, what: str = "nodeset"
+) -> frozenset[int]:
     """libvirt bitmap syntax: ``0-3,^2``, ``1,3,5``. Empty results are rejected."""
     if text is None or not text.strip():
         raise UnitError(f"{what} is empty")

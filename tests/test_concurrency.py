@@ -44,7 +44,7 @@ def _make_host(kind: str, root: Path):
 
     from hugexml.root import HostRoot
 
-    FakeKernel.build(str(root), nodes=NODES)
+    FakeKernel(root, nodes=NODES, sizes_kib=(2048,), mem_kib_per_node=64 * GIB)
     return lambda: HostGateway(HostRoot(str(root)), io=FakeSysIO.from_root(str(root)))
 
 

@@ -11,6 +11,7 @@ nodes 0-3 with numad advice 0-3, memory_backing_dir /var/lib/libvirt/qemu/ram, p
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -26,8 +27,9 @@ pytest.importorskip("hugexml.domxml")
 pytest.importorskip("hugexml.plan")
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from conftest import CORPUS  # noqa: E402
+CORPUS = Path(os.environ.get("HUGEXML_SHARED", REPO.parent / "shared")) / (
+    "testdata/libvirt-qemuxmlconf")
+pytestmark = pytest.mark.corpus
 
 CASES = sorted(p.name[: -len(".x86_64-latest.args")] for p in CORPUS.glob("*.x86_64-latest.args"))
 ERR_CASES = sorted(p.name[: -len(".x86_64-latest.err")] for p in CORPUS.glob("*.x86_64-latest.err"))
