@@ -1,53 +1,68 @@
 """Allocation of 2,048 x 2M pages on node 0: hugexml against a raw sysfs write, same run.
 
 Alternates (ABBA order), N rounds:
-- raw:     write nr+2048 to node0's nr_hugepages, read it back, write nr back;
+- raw:     write nr+2048 to node0's nr_hugepages, read it back, write nr back, read it back;
 - hugexml: Allocator.reserve of a plan needing 2,048 pages on node 0 (lock, ledger intent,
            the same sysfs write, read back, commit), then Allocator.release.
-Prints the ratio of the medians (goal <= 1.10). Real kernel, root only; restores every
-node-0 pool count exactly, even on error.
+Prints the ratio hugexml/raw (median of the per-round ratios, and their spread); never bare
+times. Goal: <= 1.10.
 
-The margin is set to 0 for the benchmark (2,048 x 2M = 4 GiB may be most of a small test
-node's free memory); the margin check itself is still computed. The state dir is on tmpfs
-(/dev/shm), as /run/hugexml is on a hypervisor.
+``--kernel fake`` (default): both sides go through the same ``FakeSysIO`` of a sysfs-tree
+FakeKernel (tests/fakekernel.py) in a temporary directory; hugexml uses the real
+``HostGateway`` over it. ``--kernel real``: the real kernel (root), holding the real-host
+test lock (/run/lock/hugexml-tests.lock) so it never runs during another real-host test;
+every node-0 pool count is restored exactly, even on error.
+
+The margin is set to 0 (2,048 x 2M = 4 GiB may be most of a small test node's free memory);
+the margin check itself is still computed. The state dir is on tmpfs (/dev/shm), as
+/run/hugexml is on a hypervisor.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Callable
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 PAGES = 2048
 SIZE_KIB = 2048
-NR = f"/sys/devices/system/node/node0/hugepages/hugepages-{SIZE_KIB}kB/nr_hugepages"
+NR_REL = f"sys/devices/system/node/node0/hugepages/hugepages-{SIZE_KIB}kB/nr_hugepages"
+REAL_LOCK = "/run/lock/hugexml-tests.lock"
 
 
-def read_nr() -> int:
-    with open(NR) as fh:
-        return int(fh.read())
+class Sysfs:
+    """Raw reads and writes of node 0's nr_hugepages through a SysIO (the baseline)."""
+
+    def __init__(self, io: Any, path: str) -> None:
+        self.io, self.path = io, path
+
+    def read_nr(self) -> int:
+        return int(self.io.read_text(self.path))
+
+    def write_nr(self, count: int) -> int:
+        self.io.write_text(self.path, f"{count}\n")
+        return self.read_nr()
 
 
-def write_nr(count: int) -> int:
-    with open(NR, "w") as fh:
-        fh.write(str(count))
-    return read_nr()
-
-
-def raw_round(base: int) -> float:
+def raw_round(sysfs: Sysfs, base: int) -> float:
     start = time.perf_counter()
-    got = write_nr(base + PAGES)
-    back = write_nr(base)
+    got = sysfs.write_nr(base + PAGES)
+    back = sysfs.write_nr(base)
     took = time.perf_counter() - start
     if got != base + PAGES or back != base:
         raise SystemExit(f"raw: kernel granted {got - base} of {PAGES} pages")
     return took
 
 
-def hugexml_round(alloc, plan, guest) -> float:
+def hugexml_round(alloc: Any, plan: Any, guest: Any) -> float:
     start = time.perf_counter()
     result = alloc.reserve(plan, guest)
     alloc.release(guest)
@@ -57,19 +72,36 @@ def hugexml_round(alloc, plan, guest) -> float:
     return took
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    args = parser.parse_args(argv)
-    if os.geteuid() != 0 or not os.path.exists(NR):
-        print("bench_alloc: needs root and node 0 2M hugepages in sysfs", file=sys.stderr)
-        return 2
+@contextmanager
+def fake_host() -> Iterator[tuple[Any, Any]]:
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+    from fakekernel import FakeKernel
+
+    with tempfile.TemporaryDirectory(prefix="hugexml-bench-root-") as root:
+        fk = FakeKernel(root, nodes=2, sizes_kib=(SIZE_KIB, 1024 * 1024),
+                        mem_kib_per_node=16 * 1024 * 1024)
+        yield fk.host_root, fk.io
+
+
+@contextmanager
+def real_host() -> Iterator[tuple[Any, Any]]:
+    from hugexml.host import SysIO
+    from hugexml.root import HostRoot
+
+    root = HostRoot("/")
+    if os.geteuid() != 0 or not os.path.exists(root.path(NR_REL)):
+        raise SystemExit("bench_alloc --kernel real: needs root and node 0 2M hugepages")
+    os.makedirs(os.path.dirname(REAL_LOCK), exist_ok=True)
+    with open(REAL_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # never during another real-host test
+        yield root, SysIO()
+
+
+def measure(root: Any, io: Any, rounds: int) -> tuple[list[float], list[float]]:
+    from hugexml.alloc import Allocator
     from hugexml.config import load_config
     from hugexml.host import HostGateway
-
-    from hugexml.alloc import Allocator
     from hugexml.model import DemandItem, GuestId, Plan
-    from hugexml.root import HostRoot
 
     config = dataclasses.replace(load_config("/nonexistent", False), margin_min_kib=0,
                                  margin_percent=0)
@@ -77,32 +109,43 @@ def main(argv: list[str] | None = None) -> int:
                 demand=(DemandItem(page_size_kib=SIZE_KIB, host_nodes=(0,), pages=PAGES,
                                    policy="strict"),))
     guest = GuestId("bench")
+    sysfs = Sysfs(io, root.path(NR_REL))
     tmp_base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    original = read_nr()
+    original = sysfs.read_nr()
     raw: list[float] = []
     hx: list[float] = []
     with tempfile.TemporaryDirectory(prefix="hugexml-bench-", dir=tmp_base) as state:
-        alloc = Allocator(HostGateway(HostRoot("/")), state, config)
+        alloc = Allocator(HostGateway(root, io=io), state, config)
         try:
-            # the pool may hold free pages of others: hugexml would use them, raw would not
-            base = original
+            rounds_: list[Callable[[], None]] = [
+                lambda: raw.append(raw_round(sysfs, original)),
+                lambda: hx.append(hugexml_round(alloc, plan, guest))]
             hugexml_round(alloc, plan, guest)  # warm up imports and caches once
-            for i in range(args.rounds):  # ABBA order: neither side always runs first
-                if i % 2:
-                    hx.append(hugexml_round(alloc, plan, guest))
-                    raw.append(raw_round(base))
-                else:
-                    raw.append(raw_round(base))
-                    hx.append(hugexml_round(alloc, plan, guest))
+            raw_round(sysfs, original)
+            for i in range(rounds):  # ABBA order: neither side always runs first
+                for run in (rounds_ if i % 2 == 0 else rounds_[::-1]):
+                    run()
         finally:
-            if read_nr() != original:
-                write_nr(original)
-            if read_nr() != original:
-                print(f"bench_alloc: could not restore {NR} to {original}", file=sys.stderr)
-    raw_ms, hx_ms = statistics.median(raw) * 1e3, statistics.median(hx) * 1e3
-    print(f"2048 x 2M on node 0, {args.rounds} alternating rounds: raw sysfs {raw_ms:.1f} ms, "
-          f"hugexml reserve+release {hx_ms:.1f} ms, ratio hugexml/raw {hx_ms / raw_ms:.3f} "
-          f"(goal <= 1.10)")
+            if sysfs.read_nr() != original:
+                sysfs.write_nr(original)
+            if sysfs.read_nr() != original:
+                print(f"bench_alloc: could not restore {NR_REL} to {original}", file=sys.stderr)
+    return raw, hx
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--kernel", choices=("fake", "real"), default="fake")
+    args = parser.parse_args(argv)
+    with (fake_host() if args.kernel == "fake" else real_host()) as (root, io):
+        raw, hx = measure(root, io, args.rounds)
+    ratios = sorted(h / r for h, r in zip(hx, raw))
+    q1, med, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    print(f"{PAGES} x 2M on node 0, {args.kernel} kernel, {args.rounds} alternating rounds: "
+          f"hugexml reserve+release / raw sysfs grow+shrink = {med:.3f} "
+          f"(median; quartiles {q1:.3f}..{q3:.3f}; ratio of medians "
+          f"{statistics.median(hx) / statistics.median(raw):.3f}; goal <= 1.10)")
     return 0
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from hugexml.errors import ConfigError
-from hugexml.units import UnitError, parse_cli_size_kib
+from hugexml.units import MAX_NODES, UnitError, parse_cli_size_kib
 
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_SECONDS = 24 * 3600
@@ -39,7 +39,7 @@ DEFAULT_CONFIG_TEXT = """\
 
 [release]
 # release: give back the pages hugexml added for a guest when it stops.
-# keep: leave them in the pool (recorded, freed by "hugexml release --all").
+# keep: leave them in the pool (recorded; "hugexml shrink" gives them back first).
 #policy = release
 
 [claims]
@@ -56,7 +56,7 @@ DEFAULT_CONFIG_TEXT = """\
 #log = syslog
 """
 
-_RESERVE_ITEM = re.compile(r"^\d+[KMGkmg]?[iI]?[bB]?:\d+(@\d+)?$")
+_RESERVE_ITEM = re.compile(r"[0-9]+[KMGkmg]?[iI]?[bB]?:[0-9]{1,19}(@[0-9]{1,4})?\Z")
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,9 @@ def _reserve(text: str) -> str:
         raise ValueError(f"{bad[0]!r} is not SIZE:COUNT[@NODE] (e.g. 2M:512@0)")
     for item in items:
         _size_kib(item.split(":", 1)[0])
+        node = item.partition("@")[2]
+        if node and int(node) >= MAX_NODES:
+            raise ValueError(f"{item!r}: node {node} is out of range 0-{MAX_NODES - 1}")
     return " ".join(items)
 
 
@@ -148,6 +151,9 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     except configparser.Error as exc:
         raise ConfigError(path=path, key="syntax", reason=" ".join(str(exc).split())) from exc
     values: dict[str, object] = {}
+    if parser.defaults():  # [DEFAULT] keys would leak into every section, or be ignored
+        raise ConfigError(path=path, key=f"[{parser.default_section}]",
+                          reason=f"unknown section (known: {', '.join(sorted(SECTIONS))})")
     for section in parser.sections():
         if section not in SECTIONS:
             raise ConfigError(path=path, key=f"[{section}]",

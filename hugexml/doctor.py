@@ -284,17 +284,19 @@ class Doctor:
         return Check("thp", OK, msg)
 
     def check_fragmentation(self) -> Check:
-        from hugexml.host import predict_allocatable
+        """Pages each node could give now (buddyinfo). A page above the largest buddy order
+        (1G on x86: blocks are at most 4M) never shows there: its bound is MemFree."""
+        from hugexml.txn import predicted_allocatable
 
-        info = self.gateway().buddyinfo()
+        gw = self.gateway()
+        info = gw.buddyinfo()
         parts, poor = [], []
         for node in self.host.nodes:
-            zones = info.get(node, {})
             row = []
             for size_kib in self.host.page_sizes_kib:
-                pages = sum(predict_allocatable(list(orders), size_kib)
-                            for orders in zones.values())
-                row.append(f"{pages} x {format_kib(size_kib)}")
+                pages, seen = predicted_allocatable(gw, node, size_kib, info)
+                row.append(f"{pages} x {format_kib(size_kib)}" if seen else
+                           f"at most {pages} x {format_kib(size_kib)} after compaction")
                 if size_kib == G1 and pages == 0:
                     poor.append(node)
             parts.append(f"node {node} could give {', '.join(row)} now")

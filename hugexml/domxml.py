@@ -30,6 +30,7 @@ X_HUGEPAGES = "memoryBacking/hugepages"
 X_PAGES = "memoryBacking/hugepages/page"
 X_BACKING_SOURCE = "memoryBacking/source"
 X_BACKING_ACCESS = "memoryBacking/access"
+X_NUMA = "cpu/numa"
 X_CELLS = "cpu/numa/cell"
 X_VCPU = "vcpu"
 X_NUMATUNE = "numatune"
@@ -45,6 +46,12 @@ X_DEV_ACCESS = "access"  # attribute on <memory>
 MAX_CELLS = 1024
 MAX_MEMORY_DEVICES = 256
 MAX_PAGES = 1024
+
+# Enumerated attributes, as libvirt's enums (a value outside is rejected when parsing).
+MEM_ACCESS = ("default", "shared", "private")
+BACKING_SOURCES = ("file", "anonymous", "memfd")
+NUMATUNE_MODES = ("strict", "preferred", "interleave", "restrictive")
+PLACEMENTS = ("static", "auto")
 
 
 def load_domain(data: bytes, source: str = "<stdin>") -> Domain:
@@ -80,6 +87,25 @@ def _node_id(text: Optional[str], what: str) -> int:
     return value
 
 
+def _enum(el: Any, attr: str, allowed: tuple[str, ...], element: str) -> Optional[str]:
+    """An enumerated attribute (None when absent), worded as libvirt's virXMLPropEnum."""
+    value = el.get(attr)
+    if value is None or value in allowed:
+        return value
+    raise units.UnitError(f"Invalid value for attribute '{attr}' in element '{element}': "
+                          f"'{_clip(value)}'.")
+
+
+def _clip(text: str, width: int = 40) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _access(el: Any, attr: str, element: str) -> Optional[str]:
+    value = _enum(el, attr, MEM_ACCESS, element)
+    return None if value == "default" else value
+
+
 def _bounded(items: list[Any], limit: int, what: str) -> list[Any]:
     if len(items) > limit:
         raise units.UnitError(f"too many {what}: {len(items)} (limit {limit})")
@@ -90,8 +116,9 @@ def _placement(root: Any, mem: Any, nodeset: Optional[frozenset[int]]) -> Option
     """libvirt: numatune placement defaults to the <vcpu placement> when no nodeset."""
     if mem is None:
         return None
-    if mem.get("placement") is not None or nodeset is not None:
-        return mem.get("placement")
+    placement = _enum(mem, "placement", PLACEMENTS, "memory")
+    if placement is not None or nodeset is not None:
+        return placement
     vcpu = root.find(X_VCPU)
     return "auto" if vcpu is not None and vcpu.get("placement") == "auto" else None
 
@@ -113,13 +140,7 @@ def _parse(root: Any, name: str) -> Domain:
     src = root.find(X_BACKING_SOURCE)
     acc = root.find(X_BACKING_ACCESS)
 
-    cells: list[Cell] = []
-    for cell in _bounded(root.findall(X_CELLS), MAX_CELLS, "NUMA cells"):
-        cell_id = _node_id(cell.get("id"), "cell id")
-        cells.append(Cell(cell_id=cell_id,
-                          memory_kib=units.to_kib(cell.get("memory"), cell.get("unit"),
-                                                  what=f"cell {cell_id} memory"),
-                          mem_access=cell.get("memAccess")))
+    cells = _cells(root)
 
     numatune = None
     if root.find(X_NUMATUNE) is not None:
@@ -127,13 +148,16 @@ def _parse(root: Any, name: str) -> Domain:
         memnodes: list[MemNode] = []
         for mn in _bounded(root.findall(X_MEMNODES), MAX_CELLS, "<memnode> elements"):
             memnodes.append(MemNode(cell_id=_node_id(mn.get("cellid"), "memnode cellid"),
-                                    mode=mn.get("mode") or "strict",
+                                    mode=_enum(mn, "mode", NUMATUNE_MODES, "memnode")
+                                    or "strict",
                                     nodeset=units.parse_nodeset(mn.get("nodeset"),
                                                                 what="memnode nodeset")))
         nodeset = None
         if mem is not None and mem.get("nodeset") is not None:
             nodeset = units.parse_nodeset(mem.get("nodeset"), what="numatune nodeset")
-        numatune = NumaTune(mode=None if mem is None else (mem.get("mode") or "strict"),
+        mode = None if mem is None else (_enum(mem, "mode", NUMATUNE_MODES, "memory")
+                                         or "strict")
+        numatune = NumaTune(mode=mode,
                             nodeset=nodeset,
                             placement=_placement(root, mem, nodeset),
                             memnodes=tuple(memnodes))
@@ -154,11 +178,36 @@ def _parse(root: Any, name: str) -> Domain:
             source_page_kib=None if page_el is None else _size(page_el, "source pagesize"),
             source_nodemask=None if mask_el is None
             else units.parse_nodeset(_text(mask_el), what="nodemask"),
-            access=dev.get(X_DEV_ACCESS)))
+            access=_access(dev, X_DEV_ACCESS, "memory")))
 
     return Domain(name=name, uuid=_text(root.find(X_UUID)), memory_kib=memory_kib,
                   hugepages=hugepages, pages=tuple(pages),
-                  source=None if src is None else src.get("type"),
-                  access=None if acc is None else acc.get("mode"),
+                  source=None if src is None else _enum(src, "type", BACKING_SOURCES, "source"),
+                  access=None if acc is None else _access(acc, "mode", "access"),
                   cells=tuple(cells), numatune=numatune, memory_devices=tuple(devices),
                   max_memory_kib=max_memory_kib)
+
+
+def _cells(root: Any) -> tuple[Cell, ...]:
+    """<cpu><numa><cell>, checked as libvirt's virDomainNumaDefParseXML: ids default to the
+    document position and must be exactly 0..n-1, each once."""
+    if root.find(X_NUMA) is None:
+        return ()
+    elements = _bounded(root.findall(X_CELLS), MAX_CELLS, "NUMA cells")
+    if not elements:
+        raise units.UnitError("NUMA topology defined without NUMA cells")
+    by_id: dict[int, Cell] = {}
+    for position, cell in enumerate(elements):
+        id_text = cell.get("id")
+        cell_id = position if id_text is None else units.parse_number(id_text, "cell id")
+        if cell_id >= len(elements):
+            raise units.UnitError(
+                "Exactly one 'cell' element per guest NUMA cell allowed, non-contiguous ranges "
+                "or ranges not starting from 0 are not allowed")
+        if cell_id in by_id:
+            raise units.UnitError(f"Duplicate NUMA cell info for cell id '{cell_id}'")
+        by_id[cell_id] = Cell(cell_id=cell_id,
+                              memory_kib=units.to_kib(cell.get("memory"), cell.get("unit"),
+                                                      what=f"cell {cell_id} memory"),
+                              mem_access=_access(cell, "memAccess", "cell"))
+    return tuple(by_id[c] for c in sorted(by_id))

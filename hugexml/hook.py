@@ -141,8 +141,15 @@ class Call:
         self.records.append(text)
 
     def flush_log(self, error: bool, exit_code: int) -> None:
-        """Send the records to syslog; to stderr only when syslog fails and the hook exits 0
-        (a failing hook's stderr is libvirt's error message: the one line says it all)."""
+        """Send the records where ``[hook] log`` says (default: syslog, ``/dev/log``).
+
+        A successful call prints nothing on stderr: libvirt keeps a hook's stderr in its
+        debug log and quotes it in errors, and an operator who reads it there should only
+        ever find failures. So when syslog is not listening (no ``/dev/log``: a container, a
+        host without journald/rsyslog) a success record is dropped, and a failure record
+        goes to stderr unless the hook exits non-zero (then the caller's one line is
+        already there and is all libvirt will show). ``log = stderr`` prints every record.
+        """
         if not self.records:
             return
         try:
@@ -154,11 +161,11 @@ class Call:
         took_ms = (time.monotonic() - self.started) * 1000.0
         lines = [f"domain '{self.name}' {self.op} {self.subop}: {r} ({took_ms:.0f} ms)"
                  for r in self.records]
-        if mode == "syslog" and _syslog(lines, error=error):
-            return
-        if exit_code == 0:
-            for line in lines:
-                print(f"hugexml: {line}", file=self.stderr)
+        if mode == "syslog":
+            if _syslog(lines, error=error) or not error or exit_code != 0:
+                return
+        for line in lines:
+            print(f"hugexml: {line}", file=self.stderr)
 
 
 def _syslog(lines: list[str], error: bool) -> bool:
@@ -186,12 +193,13 @@ def _fmt_demand(plan: Plan) -> str:
 
 
 def _fmt_counts(result: Any) -> str:
-    if not result:
-        return "nothing"
+    """``{"added": {"1:2048": 64}}`` -> ``added {1:2048=64}`` (pool keys are node:size KiB)."""
     if isinstance(result, dict):
-        return ", ".join(f"{k}: {_fmt_counts(v)}" for k, v in sorted(result.items(), key=str))
+        parts = [f"{k} {{{_fmt_counts(v)}}}" if isinstance(v, dict)
+                 else f"{k}={_fmt_counts(v)}" for k, v in sorted(result.items(), key=str)]
+        return ", ".join(parts) or "nothing"
     if isinstance(result, (list, tuple)):
-        return ", ".join(_fmt_counts(v) for v in result)
+        return ", ".join(_fmt_counts(v) for v in result) or "nothing"
     return str(result)
 
 
@@ -238,7 +246,7 @@ def _prepare(call: Call) -> int:
     _check_page_sizes(plan, host)
     _check_mounts(call, plan)
     added = call.allocator().reserve(plan, call.guest())
-    call.log(f"demand {_fmt_demand(plan)}; added {_fmt_counts(added)}; claim pending")
+    call.log(f"demand {_fmt_demand(plan)}; {_fmt_counts(added)}; claim pending")
     return 0
 
 
@@ -252,7 +260,7 @@ def _started(call: Call) -> int:
 def _release(call: Call) -> int:
     if call.ledger_mentions_guest():
         given = call.allocator().release(call.guest())
-        call.log(f"released {_fmt_counts(given)}")
+        call.log(_fmt_counts({k: v for k, v in given.items() if k != "guest"}))
     return 0
 
 
@@ -267,30 +275,19 @@ def _reconnect(call: Call) -> int:
 
 
 def _filter(call: Call) -> int:
-    """Refit page sizes and node bindings to this host, byte-exact elsewhere.
-
-    A file-backed size the daemon has no mount for becomes a size it has a mount for: the
-    refit sees a host whose page sizes are the mounted ones. Not memfd: libvirt 9.0 rejects
-    a restore whose memoryBacking source differs from the saved one ("Target memoryBacking
-    source 'memfd' doesn't match source memoryBacking source'none'"); a page size change
-    passes its ABI check.
-    """
+    """Refit page sizes and node bindings to this host, byte-exact elsewhere
+    (hugexml.refit). A file-backed size counts only when the running daemon has a
+    hugetlbfs mount of it (hugexml.daemon.libvirt_visible_sizes); the memory source itself
+    is never changed (libvirt's restore ABI check rejects a different source)."""
     data = call.xml()
     out = data
     if mentions_hugepages(data):
-        from dataclasses import replace
-
-        from hugexml.domxml import load_domain
         from hugexml.mounts import libvirt_visible_sizes
         from hugexml.rewrite import refit_for_host
 
-        source = f"domain '{call.name}' XML"
-        host = call.host_info()
-        if load_domain(data, source).source != "memfd":
-            visible = frozenset(libvirt_visible_sizes(call.root, call.state_dir))
-            host = replace(host, page_sizes_kib=tuple(
-                s for s in host.page_sizes_kib if s in visible))
-        result = refit_for_host(data, host, None, source)
+        result = refit_for_host(data, call.host_info(),
+                                libvirt_visible_sizes(call.root, call.state_dir),
+                                f"domain '{call.name}' XML")
         if result.changed:
             out = result.data
             call.log("refitted: " + "; ".join(result.notes))

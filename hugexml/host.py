@@ -39,12 +39,16 @@ DROP_CACHES = "proc/sys/vm/drop_caches"
 MAX_PAGE_KIB = 16 * 1024 * 1024
 MAX_READ_BYTES = 1 << 20  # buddyinfo/meminfo are a few KiB; sysfs attributes < 4 KiB
 DROP_CACHES_LEVELS = (1, 2, 3)
+# The kernel's counters are unsigned longs: a value beyond that is not a counter.
+MAX_COUNTER = (1 << 64) - 1
+MAX_BUDDY_ORDERS = 64  # x86 has 11 (orders 0-10); more columns than this is not buddyinfo
 
 _SIZE_DIR = re.compile(r"hugepages-([0-9]+)kB\Z")
 _NODE_DIR = re.compile(r"node([0-9]+)\Z")
 _BUDDY_LINE = re.compile(r"Node\s+([0-9]+),\s*zone\s+(\S+)((?:\s+[0-9]+)*)\s*\Z")
 _MEMINFO_LINE = re.compile(r"(?:Node\s+[0-9]+\s+)?([A-Za-z0-9_()]+):\s+([0-9]+)(?:\s+kB)?\s*\Z")
 _THP_WORD = re.compile(r"\[([a-z_+-]+)\]")
+_COUNTER = re.compile(r"[0-9]{1,20}\Z")
 
 
 class NodePool(NamedTuple):
@@ -115,14 +119,26 @@ def _check_size(size_kib: int) -> int:
     return size_kib
 
 
+def _counter(text: str) -> int:
+    """A kernel counter (unsigned long): ValueError for anything else."""
+    if not _COUNTER.match(text) or int(text) > MAX_COUNTER:
+        raise ValueError(f"expected a count, read {text[:40]!r}")
+    return int(text)
+
+
 def parse_meminfo(text: str) -> dict[str, int]:
     """``Key:  123 kB`` (or ``Node 0 Key: 123 kB``) lines -> {key: 123}. Values are kB,
-    except the ``HugePages_*`` lines, which are page counts. Unreadable lines are skipped."""
+    except the ``HugePages_*`` lines, which are page counts. Unreadable lines are skipped;
+    a value no kernel counter can hold is a ValueError."""
     out: dict[str, int] = {}
     for line in text.splitlines():
         m = _MEMINFO_LINE.match(line.strip())
         if m:
-            out[m.group(1)] = int(m.group(2))
+            try:
+                out[m.group(1)] = _counter(m.group(2))
+            except ValueError:
+                raise ValueError(f"{m.group(1)}: value {m.group(2)[:40]!r} is out of "
+                                 "range") from None
     return out
 
 
@@ -135,7 +151,10 @@ def parse_buddyinfo(text: str) -> dict[int, dict[str, list[int]]]:
         m = _BUDDY_LINE.match(line.strip())
         if not m:
             raise ValueError(f"unexpected line {line.strip()[:60]!r}")
-        out.setdefault(int(m.group(1)), {})[m.group(2)] = [int(x) for x in m.group(3).split()]
+        node, columns = int(m.group(1)), m.group(3).split()
+        if node >= MAX_NODES or len(columns) > MAX_BUDDY_ORDERS:
+            raise ValueError(f"implausible line {line.strip()[:60]!r}")
+        out.setdefault(node, {})[m.group(2)[:40]] = [_counter(x) for x in columns]
     return out
 
 
@@ -190,13 +209,9 @@ class HostGateway:
     def _read_int(self, rel: str, what: str = "") -> int:
         text = self._read(rel, what)
         try:
-            value = int(text.strip())
-        except ValueError:
-            raise HostError(path=self.root.path(rel),
-                            reason=f"expected a number, read {text.strip()[:40]!r}") from None
-        if value < 0:
-            raise HostError(path=self.root.path(rel), reason=f"negative count {value}")
-        return value
+            return _counter(text.strip())
+        except ValueError as exc:
+            raise HostError(path=self.root.path(rel), reason=str(exc)) from None
 
     def _write(self, rel: str, text: str, what: str = "") -> None:
         path = self.root.path(rel)
@@ -264,9 +279,16 @@ class HostGateway:
             "nr_overcommit_hugepages")]
         return GlobalPool(*values)
 
+    def _parse_meminfo(self, rel: str, what: str = "") -> dict[str, int]:
+        text = self._read(rel, what)
+        try:
+            return parse_meminfo(text)
+        except ValueError as exc:
+            raise HostError(path=self.root.path(rel), reason=str(exc)) from None
+
     def meminfo(self) -> dict[str, int]:
         """proc/meminfo as {key: kB} (``HugePages_*``: page counts)."""
-        return parse_meminfo(self._read(MEMINFO))
+        return self._parse_meminfo(MEMINFO)
 
     def node_meminfo(self, node: int) -> dict[str, int]:
         """A node's meminfo as {key: kB} (``HugePages_*``: counts of the default size)."""
@@ -276,8 +298,8 @@ class HostGateway:
                 raise HostError(path=self.root.path(NODE_BASE),
                                 reason=f"no NUMA node {node}: this kernel has no NUMA sysfs")
             return self.meminfo()
-        return parse_meminfo(self._read(f"{NODE_BASE}/node{node}/meminfo",
-                                        f" (no NUMA node {node} on this host)"))
+        return self._parse_meminfo(f"{NODE_BASE}/node{node}/meminfo",
+                                   f" (no NUMA node {node} on this host)")
 
     def buddyinfo(self) -> dict[int, dict[str, list[int]]]:
         """{node: {zone: [free blocks of order 0, 1, ...]}} from proc/buddyinfo."""

@@ -24,7 +24,6 @@ LEGACY = "etc/libvirt/hooks/qemu"
 ORIGINAL_SUFFIX = ".hugexml-orig"
 PLACEHOLDER_PYTHON = "/usr/bin/python3"
 MARKER = "# hugexml-hook sha256="
-DAEMONS = ("libvirtd", "virtqemud")
 
 HOOK_BODY = """\
 # hugexml: libvirt qemu hook. `hugexml install-hook` installs this file with the interpreter
@@ -200,34 +199,11 @@ def _uninstall_legacy(root: HostRoot, force: bool) -> list[str]:
 
 # --- the daemon ----------------------------------------------------------------------
 def running_daemons(root: HostRoot) -> list[dict[str, Any]]:
-    """libvirt daemons in root/proc with their start time (epoch seconds)."""
-    found = []
-    try:
-        boot = _boot_time(root)
-        pids = [p for p in os.listdir(root.path("proc")) if p.isdigit()]
-    except (OSError, ValueError):
-        return []
-    ticks = os.sysconf("SC_CLK_TCK")
-    for pid in pids:
-        try:
-            with open(root.path("proc", pid, "stat"), encoding="ascii", errors="replace") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        comm = stat[stat.find("(") + 1:stat.rfind(")")]
-        if comm in DAEMONS:
-            fields = stat[stat.rfind(")") + 2:].split()
-            found.append({"pid": int(pid), "name": comm,
-                          "started": boot + int(fields[19]) / ticks})
-    return sorted(found, key=lambda d: d["pid"])
+    """libvirt daemons in root/proc with their start time (epoch seconds), found the way
+    the hook finds them (hugexml.daemon)."""
+    from hugexml.daemon import find_daemons
 
-
-def _boot_time(root: HostRoot) -> float:
-    with open(root.path("proc/stat"), encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("btime "):
-                return float(line.split()[1])
-    raise ValueError("no btime")
+    return [d.to_json() for d in sorted(find_daemons(root), key=lambda d: d.pid)]
 
 
 def restart_advice(root: HostRoot, hook_path: str) -> tuple[bool, list[dict[str, Any]]]:

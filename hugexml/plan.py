@@ -14,6 +14,9 @@ from hugexml.model import Consumer, DemandItem, Domain, HostInfo, Plan
 FALLBACK_DEFAULT_PAGE_KIB = 2048
 CELL_ALIGN_KIB = 1024
 DIMM_ALIGN_KIB = 2048
+# libvirt bounds memory sizes to LLONG_MAX bytes (virMemoryMaxValue), checked again after
+# alignment (qemuDomainAlignMemorySizes).
+MAX_MEMORY_KIB = (2**63 - 1) >> 10
 NEVER_HUGE = ("nvdimm", "virtio-pmem", "sgx-epc")
 
 
@@ -26,32 +29,40 @@ def _bad(domain: Domain, reason: str) -> InvalidDomain:
 
 
 def _page_map(domain: Domain, host: Optional[HostInfo]) -> tuple[Optional[int], dict[int, int]]:
-    """(master page size or None, {guest cell: page size}) with libvirt's checks."""
-    cell_ids = {c.cell_id for c in domain.cells}
+    """(master page size or None, {guest cell: page size}) with libvirt's checks, in
+    libvirt's order (virDomainDefMemtuneValidate): each <page> against every earlier one,
+    then its nodeset against the guest cells."""
+    ncells = len(domain.cells)
+    specs: list[tuple[int, Optional[frozenset[int]]]] = []
+    for page in domain.pages:
+        if page.size_kib is None:
+            continue
+        if page.size_kib == 0:
+            raise _bad(domain, "hugepage size can't be zero")
+        nodes = page.guest_cells
+        if not ncells and nodes == frozenset({0}):
+            # libvirt (virDomainDefPostParseMemtune): without guest NUMA cells a page for
+            # guest node 0 alone is the master page
+            nodes = None
+        specs.append((page.size_kib, nodes))
     master: Optional[int] = None
     per_cell: dict[int, int] = {}
-    for page in domain.pages:
-        size = page.size_kib
-        if size is None:
-            continue
-        if page.guest_cells is None:
-            if master is not None:
-                raise _bad(domain, f"two master hugepages detected: {master} and {size}")
+    for i, (size, nodes) in enumerate(specs):
+        for earlier_size, earlier_nodes in specs[:i]:
+            if nodes is not None and earlier_nodes is not None and nodes & earlier_nodes:
+                raise _bad(domain, f"nodeset attribute of hugepages of sizes {size} and "
+                                   f"{earlier_size} intersect")
+            if nodes is None and earlier_nodes is None:
+                raise _bad(domain, f"two master hugepages detected: {size} and {earlier_size}")
+        if nodes is None:
             master = size
             continue
-        if not page.guest_cells:
+        if not nodes:
             raise _bad(domain, "hugepages: empty nodeset")
-        if not cell_ids and page.guest_cells == frozenset({0}):
-            # libvirt: a guest without NUMA cells is one implicit cell 0
-            if master is not None:
-                raise _bad(domain, f"two master hugepages detected: {master} and {size}")
-            master = size
-            continue
-        for cell in sorted(page.guest_cells):
-            if cell not in cell_ids:
-                raise _bad(domain, f"hugepages: node {cell} not found")
-            if cell in per_cell:
-                raise _bad(domain, f"hugepages: node {cell} listed in more than one <page>")
+        beyond = [n for n in nodes if n >= ncells]
+        if beyond:
+            raise _bad(domain, f"hugepages: node {min(beyond)} not found")
+        for cell in nodes:
             per_cell[cell] = size
     if domain.hugepages and master is None and not domain.pages:
         master = (host.default_page_kib if host and host.default_page_kib
@@ -83,9 +94,26 @@ def _check(domain: Domain, host: Optional[HostInfo]) -> None:
             raise _bad(domain, "Element 'memnode' is invalid without any guest NUMA cells")
         if nt.placement == "auto":
             raise _bad(domain, "Per-node binding is not compatible with automatic NUMA placement.")
+        seen: set[int] = set()
         for mn in nt.memnodes:
             if mn.cell_id not in cell_ids:
                 raise _bad(domain, f"Invalid cellid attribute in memnode element: {mn.cell_id}")
+            if mn.cell_id in seen:
+                raise _bad(domain, f"Multiple memnode elements with cellid {mn.cell_id}")
+            seen.add(mn.cell_id)
+        # virDomainNumaDefValidate: restrictive on <memory> and on <memnode> go together
+        # (a numatune without <memory> has libvirt's default mode, strict)
+        memory_mode = nt.mode or "strict"
+        for cell in sorted(cell_ids):
+            mn_mode = next((m.mode for m in nt.memnodes if m.cell_id == cell), None)
+            if mn_mode is None:
+                continue
+            if memory_mode == "restrictive" and mn_mode != "restrictive":
+                raise _bad(domain, "'restrictive' mode is required in memnode element when "
+                                   "mode is 'restrictive' in memory element")
+            if mn_mode == "restrictive" and memory_mode != "restrictive":
+                raise _bad(domain, "'restrictive' mode is required in memory element when "
+                                   "mode is 'restrictive' in memnode element")
     hotplug = domain.memory_devices or domain.max_memory_kib is not None
     if hotplug and not domain.cells:
         raise _bad(domain, "At least one numa node has to be configured when enabling "
@@ -118,6 +146,9 @@ def make_plan(domain: Domain, host: Optional[HostInfo]) -> Plan:
             page = huge(per_cell.get(cell.cell_id, master))
             cell_page[cell.cell_id] = page
             size = _round_up(cell.memory_kib, CELL_ALIGN_KIB)
+            if size > MAX_MEMORY_KIB:
+                raise _bad(domain, f"memory size of NUMA node '{cell.cell_id}' overflowed "
+                                   "after alignment")
             nodes, policy = _binding(domain, host, cell.cell_id)
             shared = (cell.mem_access or domain.access) == "shared"
             consumers.append(_consumer("cell", cell.cell_id, None, size, page, nodes, policy,
@@ -125,11 +156,19 @@ def make_plan(domain: Domain, host: Optional[HostInfo]) -> Plan:
     else:
         page = huge(master)
         size = _round_up(max(domain.memory_kib - dev_total, 0), CELL_ALIGN_KIB)
+        if size > MAX_MEMORY_KIB:
+            raise _bad(domain, "initial memory size overflowed after alignment")
         nodes, policy = _binding(domain, host, None)
         consumers.append(_consumer("memory", None, None, size, page, nodes, policy,
                                    source(page), domain.access == "shared"))
+    if (domain.max_memory_kib is not None
+            and _round_up(domain.max_memory_kib, CELL_ALIGN_KIB) > MAX_MEMORY_KIB):
+        raise _bad(domain, "maximum memory size overflowed after alignment")
     for dev in domain.memory_devices:
         size = _round_up(dev.size_kib, DIMM_ALIGN_KIB)
+        if size > MAX_MEMORY_KIB:
+            raise _bad(domain, f"size of {dev.model} memory device {dev.index} overflowed "
+                               "after alignment")
         if dev.model in NEVER_HUGE:
             page = None
         elif dev.source_page_kib is not None:

@@ -32,7 +32,12 @@ class Family:
 POOL_FAMILIES: tuple[Family, ...] = (
     Family("hugepages_pages", "Hugepages in the pool of a host node (nr_hugepages).", "total"),
     Family("hugepages_free_pages", "Free hugepages in the pool of a host node.", "free"),
-    Family("hugepages_reserved_pages", "Hugepages reserved but not yet faulted in.", "reserved"),
+    Family(
+        "hugepages_reserved_pages",
+        "Hugepages reserved but not yet faulted in. The kernel counts them per page size "
+        "only: per node this is the most the node could hold.",
+        "reserved",
+    ),
     Family("hugepages_surplus_pages", "Surplus (overcommitted) hugepages.", "surplus"),
     Family(
         "hugepages_claimed_pages", "Hugepages claimed in the hugexml ledger by guests.", "claimed"

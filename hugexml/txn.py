@@ -64,6 +64,22 @@ def buddy_picture(gateway: Any, node: int, size_kib: int) -> str:
             f"predicted allocatable without compaction: {predicted}")
 
 
+def predicted_allocatable(gateway: Any, node: int, size_kib: int,
+                          buddy: dict[int, dict[str, list[int]]]) -> tuple[int, bool]:
+    """(pages, from_buddyinfo): how many ``size_kib`` pages the node could add now. From the
+    free buddy blocks (DMA zone left out) when the page fits the largest order; above it (1G
+    on x86, where blocks are at most 4M) contiguity is invisible and the answer is the upper
+    bound after a perfect compaction, MemFree in whole pages (from_buddyinfo False)."""
+    from hugexml.host import page_order
+    from hugexml.host import predict_allocatable as predict
+
+    zones = {z: o for z, o in buddy.get(node, {}).items() if z != "DMA"}
+    pages = sum(predict(list(orders), size_kib) for orders in zones.values())
+    if pages or (zones and all(page_order(size_kib) < len(o) for o in zones.values())):
+        return pages, True
+    return int(gateway.node_meminfo(node).get("MemFree", 0)) // size_kib, False
+
+
 class PoolTxn:
     def __init__(self, gateway: Any, config: Config, domain: Optional[str],
                  progress: Optional[Progress] = None,

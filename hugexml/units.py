@@ -16,6 +16,9 @@ MAX_KIB = MAX_BYTES // 1024
 MAX_NODES = 1024
 _POWERS = "kmgtpe"
 _NUMBER = re.compile(r"\s*\+?([0-9]{1,25})\s*\Z")
+# ASCII only (str.isdigit() takes superscripts, Arabic-Indic digits), <= 25 digits
+# (int() refuses more than 4300)
+_DIGITS = re.compile(r"\s*[0-9]{1,25}\s*\Z")
 _CLI_SIZE = re.compile(r"\s*([0-9]{1,25})\s*([A-Za-z]*)\s*\Z")
 
 
@@ -98,7 +101,7 @@ def parse_nodeset(
         if neg:
             item = item[1:].strip()
         lo_text, sep, hi_text = item.partition("-")
-        if not lo_text.strip().isdigit() or (sep and not hi_text.strip().isdigit()):
+        if not _DIGITS.match(lo_text) or (sep and not _DIGITS.match(hi_text)):
             raise UnitError(f"{what} '{_clip(text)}' is not a valid node list")
         lo = int(lo_text)
         hi = int(hi_text) if sep else lo

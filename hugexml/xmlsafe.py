@@ -5,17 +5,29 @@ Entity resolution, DTD loading and network access are off; a DOCTYPE is refused 
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from hugexml.errors import InvalidXML
 
 MAX_XML_BYTES = 16 * 1024 * 1024
+# The prolog up to a DOCTYPE: XML declaration, whitespace, comments and PIs. A DOCTYPE is
+# refused before libxml2 sees it, because libxml2 loads external *parameter* entities
+# even with load_dtd=False (a DTD naming file:///dev/zero would hang the hook).
+_DOCTYPE_IN_PROLOG = re.compile(
+    rb"\A(?:\xef\xbb\xbf)?(?:\s|<\?.*?\?>|<!--.*?-->)*<!DOCTYPE", re.S)
 
 
 def make_parser() -> Any:
     from lxml import etree
 
-    return etree.XMLParser(
+    class _NoExternal(etree.Resolver):
+        """Defence in depth: every external entity or DTD resolves to nothing."""
+
+        def resolve(self, url: Any, pubid: Any, context: Any) -> Any:  # type: ignore[override]
+            return self.resolve_string("", context)  # type: ignore[call-arg]
+
+    parser = etree.XMLParser(
         resolve_entities=False,
         no_network=True,
         load_dtd=False,
@@ -27,6 +39,8 @@ def make_parser() -> Any:
         strip_cdata=False,
         collect_ids=False,
     )
+    parser.resolvers.add(_NoExternal())
+    return parser
 
 
 def read_limited(stream: Any, source: str, limit: int = MAX_XML_BYTES) -> bytes:
@@ -45,6 +59,8 @@ def parse_bytes(data: bytes, source: str = "<stdin>") -> Any:
         raise InvalidXML(source=source, reason=f"larger than {MAX_XML_BYTES // (1024 * 1024)} MiB")
     if not data.strip():
         raise InvalidXML(source=source, reason="empty input")
+    if _DOCTYPE_IN_PROLOG.match(data):
+        raise InvalidXML(source=source, reason="a DOCTYPE is not allowed in domain XML")
     try:
         root = etree.fromstring(data, parser=make_parser())
     except etree.XMLSyntaxError as exc:

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from types import SimpleNamespace
 from typing import Any, Optional
+
+import pytest
 
 from hugexml.model import DemandItem, GuestId, Plan
 
@@ -38,3 +41,11 @@ def plan(name: str, *items: tuple, uuid: Optional[str] = None) -> Plan:
 
 def guest(name: str, uuid: Optional[str] = None) -> GuestId:
     return GuestId(name, uuid)
+
+
+def skip_or_fail(reason: str) -> None:
+    """A real-host test that cannot run here: a skip, but a failure in CI
+    (HUGEXML_REQUIRE_REAL=1), where every realkernel test must run."""
+    if os.environ.get("HUGEXML_REQUIRE_REAL") == "1":
+        pytest.fail(f"real-host test cannot run: {reason}")
+    pytest.skip(reason)

@@ -61,6 +61,11 @@ class SimKernel:
         self.dead = False
         self.crash_on_write: Optional[int] = None  # the n-th set_node_nr ever kills us
 
+    @property
+    def gw(self) -> Any:
+        """What the allocator is given: the SimKernel itself stands in for the gateway."""
+        return self
+
     # --- test controls -------------------------------------------------------------
     def set(self, node: int, size_kib: int, **fields: Any) -> None:
         pool = self.pools[(node, size_kib)]
@@ -230,3 +235,167 @@ class FileSimKernel(SimKernel):
         nr = super().set_node_nr(node, size_kib, count)
         self.save()
         return nr
+
+
+# --- the same test API over the sysfs-tree FakeKernel and the REAL HostGateway -----------------
+class FakePoolView:
+    """A snapshot of one FakeKernel pool with SimKernel's field names (read-only)."""
+
+    def __init__(self, nr: int, free: int, surplus: int, resv: int,
+                 cap: Optional[int]) -> None:
+        self.nr, self.free, self.surplus, self.resv, self.cap = nr, free, surplus, resv, cap
+        self.persistent = nr - surplus
+        self.used = nr - free
+
+
+class _MemFree:
+    """``kernel.mem_free[node]`` (read, or set: other processes take or give memory)."""
+
+    def __init__(self, fk: Any) -> None:
+        self.fk = fk
+
+    def __getitem__(self, node: int) -> int:
+        return int(self.fk.mem_free_kib(node))
+
+    def __setitem__(self, node: int, kib: int) -> None:
+        self.fk.consume_memory(node, self[node] - kib)
+
+
+class _CompactCaps:
+    """``kernel.cap_after_compact[node] = pages``: what a compaction of the node makes room for."""
+
+    def __init__(self, host: FakeKernelHost) -> None:
+        self.host = host
+
+    def __setitem__(self, node: int, pages: Optional[int]) -> None:
+        for size in self.host.sizes:
+            self.host.fk.set_compact_cap(node, size, pages)
+
+
+def _counting_gateway(host: FakeKernelHost) -> Any:
+    """The real HostGateway over the fake's SysIO, with SimKernel's kill -9 / failure hooks:
+    every public call first asks ``host._call()`` (which may raise), then runs the real code
+    (paths, parsing, the write, the read-back)."""
+    from hugexml.host import HostGateway
+
+    class CountingGateway(HostGateway):
+        def node_pool(self, node: int, size_kib: int) -> Any:
+            host._call()
+            return super().node_pool(node, size_kib)
+
+        def global_pool(self, size_kib: int) -> Any:
+            host._call()
+            return super().global_pool(size_kib)
+
+        def node_meminfo(self, node: int) -> dict[str, int]:
+            host._call()
+            return super().node_meminfo(node)
+
+        def buddyinfo(self) -> dict[int, dict[str, list[int]]]:
+            host._call()
+            return super().buddyinfo()
+
+        def set_node_nr(self, node: int, size_kib: int, count: int) -> int:
+            host._call()
+            host.writes.append((node, size_kib, count))
+            if host.crash_on_write is not None and len(host.writes) >= host.crash_on_write:
+                host.crash_on_write, host.dead = None, True
+                raise Crash("killed before this write")
+            return super().set_node_nr(node, size_kib, count)
+
+        def compact(self, node: int) -> bool:
+            host._call()
+            host.compactions.append(node)
+            return super().compact(node)
+
+        def drop_caches(self, level: int = 1) -> None:
+            host._call()
+            super().drop_caches(level)
+
+    return CountingGateway(host.fk.host_root, io=host.fk.io)
+
+
+class FakeKernelHost(SimKernel):
+    """SimKernel's test controls over tests/fakekernel.py; the allocator gets ``gw``: the real
+    ``hugexml.host.HostGateway`` reading and writing the fake sysfs tree.
+
+    Differences that are the kernel's, kept on purpose: ``resv`` is global per size (as
+    ``resv_hugepages``), a shrink never goes below the host-wide in-use + reserved count.
+    """
+
+    def __init__(self, root: str, nodes: int = 2, sizes: tuple[int, ...] = (2048, 1048576),
+                 mem_total_kib: int = 64 * GIB, mem_free_kib: int = 48 * GIB) -> None:
+        from fakekernel import FakeKernel
+
+        if not 0 <= mem_free_kib <= mem_total_kib:
+            raise ValueError(f"MemFree {mem_free_kib} kB outside 0..MemTotal {mem_total_kib}")
+        self.node_ids = tuple(range(nodes))
+        self.sizes = tuple(sorted(sizes))
+        self.fk = FakeKernel(root, nodes=nodes, sizes_kib=self.sizes,
+                             mem_kib_per_node=mem_total_kib,
+                             used_kib_per_node=mem_total_kib - mem_free_kib)
+        self.calls = 0
+        self.writes = []
+        self.compactions = []
+        self.fail_at = None
+        self.exc = HostError(path="/sys/fake", reason="injected failure")
+        self.dead = False
+        self.crash_on_write = None
+        self.mem_free = _MemFree(self.fk)
+        self.cap_after_compact = _CompactCaps(self)
+        self._gateway = _counting_gateway(self)
+
+    @property
+    def gw(self) -> Any:
+        return self._gateway
+
+    @property
+    def pools(self) -> dict[tuple[int, int], FakePoolView]:
+        conf = self.fk.conf()
+        out = {}
+        for node in self.node_ids:
+            for size in self.sizes:
+                nr, free, surplus = self.fk.pool(node, size)
+                out[(node, size)] = FakePoolView(nr, free, surplus, self.fk.resv(size),
+                                                 conf["caps"].get(f"{node}:{size}"))
+        return out
+
+    @pools.setter
+    def pools(self, value: Any) -> None:  # SimKernel.__init__ is not called; never set
+        raise AttributeError("FakeKernelHost pools are the fake kernel's files")
+
+    def set(self, node: int, size_kib: int, **fields: Any) -> None:
+        pool = self.pools[(node, size_kib)]
+        if "persistent" in fields:
+            self.fk.preset(node, size_kib, fields["persistent"] + pool.surplus)
+        if "used" in fields:
+            more = fields["used"] - self.pools[(node, size_kib)].used
+            if more > 0:
+                self.fk.use(node, size_kib, more)
+            elif more < 0:
+                self.fk.unuse(node, size_kib, -more)
+        if "resv" in fields:
+            self.fk.reserve(size_kib, fields["resv"] - self.fk.resv(size_kib))
+        if "cap" in fields:
+            self.fk.set_cap(node, size_kib, fields["cap"])
+        unknown = set(fields) - {"persistent", "used", "resv", "cap"}
+        if unknown:
+            raise TypeError(f"unknown pool fields {sorted(unknown)}")
+
+    def map(self, node: int, size_kib: int, pages: int) -> None:
+        self.fk.use(node, size_kib, pages)
+
+    def unmap(self, node: int, size_kib: int, pages: int) -> None:
+        self.fk.unuse(node, size_kib, pages)
+
+    def nr(self, node: int, size_kib: int) -> int:
+        return self.pools[(node, size_kib)].persistent
+
+
+def make_kernel(kind: str, root: str, **kwargs: Any) -> SimKernel:
+    """``sim``: the in-memory SimKernel (it is its own gateway); ``fake``: FakeKernelHost."""
+    if kind == "sim":
+        return SimKernel(**kwargs)
+    if kind == "fake":
+        return FakeKernelHost(root, **kwargs)
+    raise ValueError(f"unknown kernel kind {kind!r}")

@@ -1,15 +1,17 @@
 """The allocator on a simulated kernel: placement, transactions, claims, releases, recovery."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 
 import pytest
 from allocfix import G1, M2, guest, make_config, plan
-from simkernel import GIB, Crash, SimKernel
+from simkernel import GIB, Crash, make_kernel
 
 from hugexml.alloc import Allocator
 from hugexml.errors import (
+    HostError,
     InsufficientPages,
     LedgerError,
     LockTimeout,
@@ -33,8 +35,20 @@ def clock():
     return Clock()
 
 
+@pytest.fixture(params=["sim", "fake"])
+def new_kernel(request, tmp_path):
+    """Every test runs twice: on the in-memory SimKernel, and on the sysfs-tree FakeKernel
+    through the real HostGateway (paths, parsing, writes read back)."""
+    made = []
+
+    def new(**kwargs):
+        made.append(make_kernel(request.param, str(tmp_path / f"root{len(made)}"), **kwargs))
+        return made[-1]
+    return new
+
+
 def make(kernel, tmp_path, clock=None, **config):
-    return Allocator(kernel, str(tmp_path / "state"), make_config(**config),
+    return Allocator(kernel.gw, str(tmp_path / "state"), make_config(**config),
                      clock=clock or Clock())
 
 
@@ -53,12 +67,12 @@ PLACEMENT = [
     (2, {}, {}, [(8, (1,), "strict")], {1: 8}),
     (2, {0: 5}, {}, [(8, (0,), "strict")], {0: 3}),
     (2, {0: 100}, {}, [(8, (1,), "strict")], {1: 8}),
-    (2, {}, {0: 20, 1: 30}, [(8, None, None)], {1: 8}),
+    (2, {}, {0: 10, 1: 12}, [(8, None, None)], {1: 8}),
     (2, {0: 6}, {}, [(8, None, None)], {1: 2}),  # node 1 has more room
     (2, {1: 3}, {}, [(5, (0,), "preferred")], {0: 5}),
     (4, {}, {}, [(10, (0, 1, 2, 3), "interleave")], {0: 3, 1: 3, 2: 2, 3: 2}),
     (4, {2: 4}, {}, [(8, (1, 2), "interleave")], {1: 4}),
-    (4, {}, {0: 10, 1: 10, 2: 40, 3: 10}, [(16, (0, 2), "strict")], {2: 16}),
+    (4, {}, {0: 10, 1: 10, 2: 14, 3: 10}, [(16, (0, 2), "strict")], {2: 16}),
     (4, {}, {}, [(4, (3,), "restrictive"), (4, (1,), "strict")], {1: 4, 3: 4}),
     (8, {}, {}, [(2, (n,), "strict") for n in range(8)], dict.fromkeys(range(8), 2)),
     (8, {5: 64}, {}, [(64, None, None)], {}),
@@ -69,8 +83,9 @@ PLACEMENT = [
 
 
 @pytest.mark.parametrize("nodes, free, mem, items, added", PLACEMENT)
-def test_placement_adds_exactly_the_shortfall(tmp_path, nodes, free, mem, items, added):
-    kernel = SimKernel(nodes=nodes, mem_total_kib=16 * GIB)
+def test_placement_adds_exactly_the_shortfall(new_kernel, tmp_path, nodes, free, mem, items,
+                                              added):
+    kernel = new_kernel(nodes=nodes, mem_total_kib=16 * GIB, mem_free_kib=12 * GIB)
     for node, pages in free.items():
         kernel.set(node, M2, persistent=pages)
     for node, gib in mem.items():
@@ -86,8 +101,8 @@ def test_placement_adds_exactly_the_shortfall(tmp_path, nodes, free, mem, items,
     assert rec["state"] == "pending" and rec["added"] == result["added"]
 
 
-def test_pending_claims_are_counted(tmp_path):
-    kernel = SimKernel(nodes=1)
+def test_pending_claims_are_counted(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=1)
     kernel.set(0, M2, persistent=10)
     alloc = make(kernel, tmp_path)
     assert alloc.reserve(plan("a", (8, (0,), "strict")), guest("a"))["added"] == {}
@@ -96,8 +111,8 @@ def test_pending_claims_are_counted(tmp_path):
     assert kernel.nr(0, M2) == 16
 
 
-def test_active_guests_pages_are_the_kernels_business(tmp_path):
-    kernel = SimKernel(nodes=1)
+def test_active_guests_pages_are_the_kernels_business(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=1)
     alloc = make(kernel, tmp_path)
     alloc.reserve(plan("a", (8, (0,), "strict")), guest("a"))
     kernel.map(0, M2, 8)
@@ -106,15 +121,15 @@ def test_active_guests_pages_are_the_kernels_business(tmp_path):
     assert kernel.nr(0, M2) == 12
 
 
-def test_resv_is_not_available(tmp_path):
-    kernel = SimKernel(nodes=1)
+def test_resv_is_not_available(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=1)
     kernel.set(0, M2, persistent=10, resv=7)
     make(kernel, tmp_path).reserve(plan("a", (5, (0,), "strict")), guest("a"))
     assert kernel.nr(0, M2) == 12
 
 
-def test_reserve_is_idempotent(tmp_path):
-    kernel = SimKernel(nodes=2)
+def test_reserve_is_idempotent(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=2)
     alloc = make(kernel, tmp_path)
     p = plan("vm", (6, (1,), "strict"), uuid="0F5E7C1A-0000-4000-8000-000000000001")
     first = alloc.reserve(p, guest("vm", p.uuid))
@@ -129,8 +144,8 @@ def test_reserve_is_idempotent(tmp_path):
     assert ledger(tmp_path)["guests"][p.uuid.lower()]["added"] == {"1:2048": 9}
 
 
-def test_1g_pages(tmp_path):
-    kernel = SimKernel(nodes=2)
+def test_1g_pages(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=2)
     alloc = make(kernel, tmp_path)
     alloc.reserve(plan("big", (2, (1,), "strict", G1), (4, (1,), "strict")), guest("big"))
     assert kernel.nr(1, G1) == 2 and kernel.nr(1, M2) == 4
@@ -139,8 +154,8 @@ def test_1g_pages(tmp_path):
 
 
 # --- all or nothing ---------------------------------------------------------------------
-def test_short_grant_rolls_every_pool_back(tmp_path):
-    kernel = SimKernel(nodes=4)
+def test_short_grant_rolls_every_pool_back(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=4)
     kernel.set(0, M2, persistent=3)
     kernel.set(2, M2, cap=5)  # fragmentation: node 2 can add only 5 pages
     alloc = make(kernel, tmp_path, retries=2)
@@ -154,23 +169,27 @@ def test_short_grant_rolls_every_pool_back(tmp_path):
     assert "buddyinfo" in text
     assert {k: (p.persistent, p.surplus) for k, p in kernel.pools.items()} == before
     assert kernel.compactions == [2, 2]  # retried config.retries times, compacting
+    if hasattr(kernel, "fk"):  # the real gateway wrote the fake's sysfs files
+        assert kernel.fk.compactions(2) == 2
+        assert [t for rel, t in kernel.fk.writes() if rel.startswith(
+            "sys/devices/system/node/node2/hugepages/hugepages-2048kB/nr_hugepages")][-1] == "0"
     data = ledger(tmp_path)
     assert data["guests"] == {} and data["intent"] is None and data["unreleased"] == {}
 
 
-def test_compaction_can_save_a_short_grant(tmp_path):
-    kernel = SimKernel(nodes=1)
+def test_compaction_can_save_a_short_grant(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=1)
     kernel.set(0, G1, cap=1)
     kernel.cap_after_compact[0] = 10
     messages = []
-    alloc = Allocator(kernel, str(tmp_path / "s"), make_config(), progress=messages.append)
+    alloc = Allocator(kernel.gw, str(tmp_path / "s"), make_config(), progress=messages.append)
     alloc.reserve(plan("vm", (4, (0,), "strict", G1)), guest("vm"))
     assert kernel.nr(0, G1) == 4
     assert any("compacting" in m for m in messages)
 
 
-def test_timeout_bounds_the_retries(tmp_path):
-    kernel = SimKernel(nodes=1)
+def test_timeout_bounds_the_retries(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=1)
     kernel.set(0, G1, cap=0)
     alloc = make(kernel, tmp_path, retries=100, timeout_s=0.0)
     with pytest.raises(PoolShort):
@@ -178,8 +197,8 @@ def test_timeout_bounds_the_retries(tmp_path):
     assert len(kernel.compactions) == 0
 
 
-def test_margin_violation_changes_nothing(tmp_path):
-    kernel = SimKernel(nodes=2, mem_total_kib=8 * GIB, mem_free_kib=2 * GIB)
+def test_margin_violation_changes_nothing(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=2, mem_total_kib=8 * GIB, mem_free_kib=2 * GIB)
     alloc = make(kernel, tmp_path)
     with pytest.raises(MarginViolation) as info:
         alloc.reserve(plan("vm", (600, (1,), "strict")), guest("vm"))
@@ -190,14 +209,38 @@ def test_margin_violation_changes_nothing(tmp_path):
     assert kernel.writes == []
 
 
-def test_unknown_node_is_refused(tmp_path):
+def test_unknown_node_is_refused(new_kernel, tmp_path):
     with pytest.raises(NoSuchHostNode):
-        make(SimKernel(nodes=2), tmp_path).reserve(plan("vm", (1, (4,), "strict")), guest("vm"))
+        make(new_kernel(nodes=2), tmp_path).reserve(plan("vm", (1, (4,), "strict")), guest("vm"))
+
+
+NR = "sys/devices/system/node/node{}/hugepages/hugepages-2048kB/nr_hugepages"
+
+
+@pytest.mark.parametrize("kind, rel, after", [
+    ("write", NR.format(1), 0),  # node 0 grew, then node 1's write fails (EIO)
+    ("read", NR.format(0), 1),   # node 0's write went through, its read-back fails
+])
+def test_sysfs_failure_mid_transaction_rolls_back(tmp_path, kind, rel, after):
+    """Faults injected in the fake sysfs: the real gateway turns the OSError into HostError
+    (from the OSError) and the allocator puts every pool back."""
+    kernel = make_kernel("fake", str(tmp_path / "root"), nodes=2)
+    inject = kernel.fk.fail_next_write if kind == "write" else kernel.fk.fail_next_read
+    inject(rel, errno.EIO, after=after)
+    alloc = make(kernel, tmp_path)
+    with pytest.raises(HostError) as info:
+        alloc.reserve(plan("vm", (4, (0,), "strict"), (4, (1,), "strict")), guest("vm"))
+    assert str(info.value).startswith(str(tmp_path / "root" / rel))
+    assert isinstance(info.value.__cause__, OSError)
+    assert counts(kernel) == {0: 0, 1: 0}
+    assert (NR.format(0), "4") in kernel.fk.writes()  # it did grow node 0 first
+    data = ledger(tmp_path)
+    assert data["guests"] == {} and data["intent"] is None and data["unreleased"] == {}
 
 
 # --- release -------------------------------------------------------------------------
-def test_release_leaves_the_baseline(tmp_path):
-    kernel = SimKernel(nodes=1)
+def test_release_leaves_the_baseline(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=1)
     kernel.set(0, M2, persistent=10, used=10)  # the admin's pool, all in use
     alloc = make(kernel, tmp_path)
     alloc.reserve(plan("vm", (5, (0,), "strict")), guest("vm"))
@@ -209,8 +252,8 @@ def test_release_leaves_the_baseline(tmp_path):
     assert ledger(tmp_path)["baseline"] == {}  # hugexml holds nothing there any more
 
 
-def test_release_never_frees_other_guests_pages(tmp_path):
-    kernel = SimKernel(nodes=1)
+def test_release_never_frees_other_guests_pages(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=1)
     alloc = make(kernel, tmp_path)
     alloc.reserve(plan("a", (6, (0,), "strict")), guest("a"))
     alloc.reserve(plan("b", (4, (0,), "strict")), guest("b"))
@@ -228,8 +271,8 @@ def test_release_never_frees_other_guests_pages(tmp_path):
     assert kernel.nr(0, M2) == 0 and ledger(tmp_path)["guests"] == {}
 
 
-def test_release_keeps_pages_pending_guests_were_promised(tmp_path):
-    kernel = SimKernel(nodes=1)
+def test_release_keeps_pages_pending_guests_were_promised(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=1)
     alloc = make(kernel, tmp_path)
     alloc.reserve(plan("a", (6, (0,), "strict")), guest("a"))
     kernel.set(0, M2, persistent=10)  # admin adds 4 by hand
@@ -238,8 +281,8 @@ def test_release_keeps_pages_pending_guests_were_promised(tmp_path):
     assert kernel.nr(0, M2) == 4
 
 
-def test_release_policy_keep(tmp_path):
-    kernel = SimKernel(nodes=1)
+def test_release_policy_keep(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=1)
     alloc = make(kernel, tmp_path, release_policy="keep")
     alloc.reserve(plan("a", (6, (0,), "strict")), guest("a"))
     result = alloc.release(guest("a"))
@@ -249,8 +292,8 @@ def test_release_policy_keep(tmp_path):
     assert kernel.nr(0, M2) == 6
 
 
-def test_release_by_name_uuid_and_unknown(tmp_path):
-    kernel = SimKernel(nodes=1)
+def test_release_by_name_uuid_and_unknown(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=1)
     alloc = make(kernel, tmp_path)
     uuid = "c7a5fdbd-edaf-9455-926a-d65c16db1809"
     alloc.reserve(plan("vm", (2, (0,), "strict"), uuid=uuid), guest("vm", uuid))
@@ -259,8 +302,8 @@ def test_release_by_name_uuid_and_unknown(tmp_path):
     assert kernel.nr(0, M2) == 0
 
 
-def test_stale_pending_claims_expire(tmp_path, clock):
-    kernel = SimKernel(nodes=1)
+def test_stale_pending_claims_expire(new_kernel, tmp_path, clock):
+    kernel = new_kernel(nodes=1)
     alloc = make(kernel, tmp_path, clock=clock, pending_timeout_s=60)
     alloc.reserve(plan("a", (6, (0,), "strict")), guest("a"))
     clock.now += 61
@@ -270,8 +313,8 @@ def test_stale_pending_claims_expire(tmp_path, clock):
 
 
 # --- admin pages ----------------------------------------------------------------------
-def test_admin_pages_survive_guest_releases(tmp_path):
-    kernel = SimKernel(nodes=2, mem_free_kib=8 * GIB)
+def test_admin_pages_survive_guest_releases(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=2, mem_free_kib=8 * GIB)
     alloc = make(kernel, tmp_path)
     dry = alloc.allocate_admin(M2, 100, None, dry_run=True)
     assert dry["add"] == {"0:2048": 100} and kernel.writes == []
@@ -283,8 +326,8 @@ def test_admin_pages_survive_guest_releases(tmp_path):
     assert ledger(tmp_path)["admin"] == {"1:2048": 100}
 
 
-def test_shrink_admin_never_takes_claimed_or_used_pages(tmp_path):
-    kernel = SimKernel(nodes=1)
+def test_shrink_admin_never_takes_claimed_or_used_pages(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=1)
     kernel.set(0, M2, persistent=20)
     alloc = make(kernel, tmp_path)
     alloc.reserve(plan("a", (5, (0,), "strict")), guest("a"))  # pending: 5 promised
@@ -297,8 +340,8 @@ def test_shrink_admin_never_takes_claimed_or_used_pages(tmp_path):
     assert alloc.shrink_admin(M2, 1, 0)["removed"] == {}
 
 
-def test_allocate_admin_all_or_nothing(tmp_path):
-    kernel = SimKernel(nodes=2, mem_free_kib=4 * GIB)
+def test_allocate_admin_all_or_nothing(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=2, mem_free_kib=4 * GIB)
     kernel.set(1, M2, cap=3)
     alloc = make(kernel, tmp_path, margin_min_kib=0, margin_percent=0, retries=0)
     with pytest.raises(PoolShort) as info:
@@ -309,8 +352,8 @@ def test_allocate_admin_all_or_nothing(tmp_path):
 
 # --- crashes, corruption, outside changes ------------------------------------------------
 @pytest.mark.parametrize("crash_at", range(1, 12))
-def test_kill_during_reserve_is_recovered(tmp_path, crash_at):
-    kernel = SimKernel(nodes=2)
+def test_kill_during_reserve_is_recovered(new_kernel, tmp_path, crash_at):
+    kernel = new_kernel(nodes=2)
     kernel.set(0, M2, persistent=4)
     alloc = make(kernel, tmp_path)
     alloc.reserve(plan("old", (4, (0,), "strict")), guest("old"))
@@ -331,8 +374,8 @@ def test_kill_during_reserve_is_recovered(tmp_path, crash_at):
         assert data["guests"]["old"]["claimed"] == {"0:2048": 4}
 
 
-def test_kill_between_sysfs_write_and_commit(tmp_path, monkeypatch):
-    kernel = SimKernel(nodes=1)
+def test_kill_between_sysfs_write_and_commit(new_kernel, tmp_path, monkeypatch):
+    kernel = new_kernel(nodes=1)
     alloc = make(kernel, tmp_path)
     real_write = Ledger.write
     writes = []
@@ -353,8 +396,8 @@ def test_kill_between_sysfs_write_and_commit(tmp_path, monkeypatch):
     assert kernel.nr(0, M2) == 0
 
 
-def test_kill_during_release_shrink(tmp_path):
-    kernel = SimKernel(nodes=2)
+def test_kill_during_release_shrink(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=2)
     alloc = make(kernel, tmp_path)
     alloc.reserve(plan("vm", (8, (0,), "strict"), (8, (1,), "strict")), guest("vm"))
     # the shrink of node 0 happens, then the process dies before node 1
@@ -368,8 +411,8 @@ def test_kill_during_release_shrink(tmp_path):
     assert data["guests"] == {} and data["unreleased"] == {} and data["baseline"] == {}
 
 
-def test_corrupt_ledger_fails_then_reconcile_moves_it_aside(tmp_path):
-    kernel = SimKernel(nodes=1)
+def test_corrupt_ledger_fails_then_reconcile_moves_it_aside(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=1)
     alloc = make(kernel, tmp_path)
     alloc.reserve(plan("vm", (2, (0,), "strict")), guest("vm"))
     with open(tmp_path / "state" / "ledger.json", "w") as fh:
@@ -382,8 +425,8 @@ def test_corrupt_ledger_fails_then_reconcile_moves_it_aside(tmp_path):
     alloc.reserve(plan("vm", (2, (0,), "strict")), guest("vm"))
 
 
-def test_reconcile_clamps_and_reports_outside_changes(tmp_path):
-    kernel = SimKernel(nodes=1)
+def test_reconcile_clamps_and_reports_outside_changes(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=1)
     alloc = make(kernel, tmp_path)
     alloc.reserve(plan("a", (6, (0,), "strict")), guest("a"))
     alloc.release(guest("a"))
@@ -397,8 +440,8 @@ def test_reconcile_clamps_and_reports_outside_changes(tmp_path):
     assert kernel.nr(0, M2) == 7
 
 
-def test_lock_timeout(tmp_path):
-    kernel = SimKernel(nodes=1)
+def test_lock_timeout(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=1)
     alloc = make(kernel, tmp_path, lock_timeout_s=0.2)
     with Ledger(str(tmp_path / "state")).lock():
         with pytest.raises(LockTimeout):
@@ -406,8 +449,8 @@ def test_lock_timeout(tmp_path):
     assert kernel.writes == []
 
 
-def test_snapshot_needs_no_lock(tmp_path):
-    kernel = SimKernel(nodes=1)
+def test_snapshot_needs_no_lock(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=1)
     alloc = make(kernel, tmp_path)
     alloc.reserve(plan("vm", (2, (0,), "strict")), guest("vm"))
     with Ledger(str(tmp_path / "state")).lock():

@@ -1,7 +1,9 @@
 """The allocator's commands: status, allocate, shrink, reserve, release, reconcile.
 
 Each command module runs as the CLI runs it (``add_arguments`` then ``run(args, ctx)``) on a
-simulated 2-node kernel injected through ``hugexml.commands._alloc.MAKE_GATEWAY``.
+simulated 2-node kernel injected through ``hugexml.commands._alloc.MAKE_GATEWAY``: the
+in-memory SimKernel, and the sysfs-tree FakeKernel under the command's ``--root`` read and
+written by the real HostGateway.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import json
 
 import pytest
 from allocfix import M2, make_config
-from simkernel import SimKernel
+from simkernel import make_kernel
 
 from hugexml.commands import _alloc
 from hugexml.errors import InvalidInput
@@ -27,10 +29,14 @@ class Ctx:
         self.verbose = 0
 
 
-@pytest.fixture
-def kernel(monkeypatch):
-    sim = SimKernel(nodes=2)
-    monkeypatch.setattr(_alloc, "MAKE_GATEWAY", lambda root: sim)
+@pytest.fixture(params=["sim", "fake"])
+def kernel(request, monkeypatch, tmp_path):
+    sim = make_kernel(request.param, str(tmp_path / "root"), nodes=2)
+
+    def make_gateway(root):
+        assert root.path("") == HostRoot(str(tmp_path / "root")).path("")
+        return sim.gw
+    monkeypatch.setattr(_alloc, "MAKE_GATEWAY", make_gateway)
     monkeypatch.setattr(_alloc, "load", lambda ctx: make_config())
     return sim
 
@@ -78,7 +84,7 @@ def test_status_shows_pools_guests_and_json(kernel, tmp_path, capsys):
     from hugexml.alloc import Allocator
     from hugexml.model import DemandItem, GuestId, Plan
 
-    alloc = Allocator(kernel, str(tmp_path / "state"), make_config())
+    alloc = Allocator(kernel.gw, str(tmp_path / "state"), make_config())
     alloc.reserve(Plan("vm1", None, (), (DemandItem(M2, (1,), 5, "strict"),)), GuestId("vm1"))
     code, out = run("status", ["--json"], tmp_path, capsys)
     status = json.loads(out)
@@ -107,7 +113,7 @@ def test_release_unknown_and_known(kernel, tmp_path, capsys):
     from hugexml.alloc import Allocator
     from hugexml.model import DemandItem, GuestId, Plan
 
-    alloc = Allocator(kernel, str(tmp_path / "state"), make_config())
+    alloc = Allocator(kernel.gw, str(tmp_path / "state"), make_config())
     alloc.reserve(Plan("vm1", None, (), (DemandItem(M2, (0,), 3, "strict"),)), GuestId("vm1"))
     code, out = run("release", ["vm1", "--json"], tmp_path, capsys)
     assert code == 0 and json.loads(out)["released"] == {"0:2048": 3}
@@ -116,13 +122,14 @@ def test_release_unknown_and_known(kernel, tmp_path, capsys):
 
 def test_reserve_command_plans_and_claims(kernel, tmp_path, capsys):
     pytest.importorskip("hugexml.plan")
-    root = tmp_path / "root"
+    root = tmp_path / "root"  # the host the planner reads (the FakeKernel's own tree)
     for node in (0, 1):
-        (root / f"sys/devices/system/node/node{node}").mkdir(parents=True)
+        (root / f"sys/devices/system/node/node{node}").mkdir(parents=True, exist_ok=True)
     for size in (2048, 1048576):
-        (root / f"sys/kernel/mm/hugepages/hugepages-{size}kB").mkdir(parents=True)
-    (root / "proc").mkdir()
-    (root / "proc/meminfo").write_text("Hugepagesize:       2048 kB\n")
+        (root / f"sys/kernel/mm/hugepages/hugepages-{size}kB").mkdir(parents=True, exist_ok=True)
+    if not (root / "proc/meminfo").exists():
+        (root / "proc").mkdir()
+        (root / "proc/meminfo").write_text("Hugepagesize:       2048 kB\n")
     xml = tmp_path / "vm.xml"
     xml.write_text("""<domain type='kvm'><name>vm9</name><memory unit='MiB'>64</memory>
       <memoryBacking><hugepages/><source type='memfd'/></memoryBacking>

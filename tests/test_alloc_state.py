@@ -18,7 +18,7 @@ import hypothesis.strategies as st
 from allocfix import G1, M2, guest, make_config, plan
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from simkernel import GIB, Crash, SimKernel
+from simkernel import GIB, Crash, make_kernel
 
 from hugexml import ledger as lg
 from hugexml.alloc import Allocator
@@ -39,16 +39,20 @@ demand_item = st.tuples(
 
 
 class AllocatorMachine(RuleBasedStateMachine):
+    KIND = "sim"  # the in-memory SimKernel; FakeKernelMachine: sysfs tree + real HostGateway
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="hugexml-state-")
-        self.kernel = SimKernel(nodes=NODES, mem_total_kib=16 * GIB, mem_free_kib=6 * GIB)
+        self.root = tempfile.mkdtemp(prefix="hugexml-root-")
+        self.kernel = make_kernel(self.KIND, self.root, nodes=NODES, mem_total_kib=16 * GIB,
+                                  mem_free_kib=6 * GIB)
         # the admin's pools before hugexml: some pages, some of them in use
         for node in range(NODES):
             self.kernel.set(node, M2, persistent=4 * node, used=node)
         self.kernel.set(1, G1, persistent=1)
-        self.kernel.pools[(2, M2)].cap = 30  # fragmentation: node 2 grants 30 more pages
-        self.kernel.pools[(0, G1)].cap = 2
+        self.kernel.set(2, M2, cap=30)  # fragmentation: node 2 grants 30 more pages
+        self.kernel.set(0, G1, cap=2)
         self.init = {pool: p.persistent for pool, p in self.kernel.pools.items()}
         self.config = make_config(margin_min_kib=GIB, margin_percent=5, retries=1)
         self.alloc = self.new_process()
@@ -57,9 +61,10 @@ class AllocatorMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def new_process(self) -> Allocator:
-        return Allocator(self.kernel, self.dir, self.config, clock=lambda: 1000.0)
+        return Allocator(self.kernel.gw, self.dir, self.config, clock=lambda: 1000.0)
 
     def counts(self) -> dict[tuple[int, int], tuple[int, int]]:
         return {pool: (p.persistent, p.surplus) for pool, p in self.kernel.pools.items()}
@@ -176,3 +181,16 @@ AllocatorMachine.TestCase.settings = settings(
     max_examples=60, stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestAllocatorMachine = AllocatorMachine.TestCase
+
+
+class FakeKernelMachine(AllocatorMachine):
+    """The same rules and invariants on the sysfs-tree FakeKernel through the real HostGateway
+    (every count read from and written to files, every write read back)."""
+
+    KIND = "fake"
+
+
+FakeKernelMachine.TestCase.settings = settings(
+    max_examples=30, stateful_step_count=25, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow])
+TestFakeKernelMachine = FakeKernelMachine.TestCase

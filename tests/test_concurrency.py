@@ -24,15 +24,6 @@ NODES = 8
 PROCS = 32
 
 
-def _fake_available() -> bool:
-    try:
-        import fakekernel
-        import hugexml.host  # noqa: F401
-    except ImportError:
-        return False
-    return hasattr(fakekernel, "FakeKernel") and hasattr(fakekernel, "FakeSysIO")
-
-
 def _make_host(kind: str, root: Path):
     if kind == "sim":
         kernel = FileSimKernel(str(root / "sim.json"), nodes=NODES, sizes=(2048,),
@@ -40,8 +31,8 @@ def _make_host(kind: str, root: Path):
         kernel.save()
         return lambda: FileSimKernel.open(str(root / "sim.json"))
     from fakekernel import FakeKernel, FakeSysIO
-    from hugexml.host import HostGateway
 
+    from hugexml.host import HostGateway
     from hugexml.root import HostRoot
 
     FakeKernel(root, nodes=NODES, sizes_kib=(2048,), mem_kib_per_node=64 * GIB)
@@ -60,8 +51,6 @@ def _job(i: int) -> tuple[str, int, str, bool]:
 
 @pytest.mark.parametrize("kind", ["sim", "fake"])
 def test_32_processes_reserve_at_once(tmp_path, kind):
-    if kind == "fake" and not _fake_available():
-        pytest.skip("tests/fakekernel.py (FakeKernel, FakeSysIO) not available")
     root, state = tmp_path / "root", tmp_path / "state"
     root.mkdir()
     open_gateway = _make_host(kind, root)

@@ -78,7 +78,17 @@ def test_args_case(args_path: Path) -> None:
 ERRS = sorted(CORPUS.glob("*.err"))
 # Salient words of libvirt's .err message that hugexml's rejection must contain.
 ERR_WORDS = {
-    "hugepages-default-1G-nodeset-2M": "two master hugepages detected",
+    "cpu-numa3": "Exactly one 'cell' element per guest NUMA cell allowed, non-contiguous "
+                 "ranges or ranges not starting from 0 are not allowed",
+    "hugepages-memaccess-invalid": "Invalid value for attribute 'memAccess' in element "
+                                   "'cell': 'invalid'.",
+    "memory-align-fail": "memory size of NUMA node '0' overflowed after alignment",
+    "numatune-memnode-invalid-mode": "'restrictive' mode is required in memnode element when "
+                                     "mode is 'restrictive' in memory element",
+    "numatune-memnode-restrictive-mode-err-mixed": "'restrictive' mode is required in memory "
+                                                   "element when mode is 'restrictive' in "
+                                                   "memnode element",
+    "hugepages-default-1G-nodeset-2M": "two master hugepages detected: 2048 and 1048576",
     "hugepages-default-5M": "5120 KiB",
     "hugepages-nodeset-nonexist": "hugepages: node 1 not found",
     "hugepages-numa-nodeset-nonexist": "hugepages: node 4 not found",
@@ -90,28 +100,39 @@ ERR_WORDS = {
     "numatune-memory-invalid-nodeset": "0,^0",
     "numatune-static-nodeset-exceed-hostnode": "NUMA node 4 is unavailable",
 }
-# Not yet implemented (work in progress, tracked in the report): strict xfail so that a fix
-# shows up as XPASS and forces this list to shrink.
-NOT_YET = {
-    "cpu-numa3": "duplicate <cell id> not checked yet",
-    "hugepages-memaccess-invalid": "memAccess value not validated yet",
-    "memory-align-fail": "cell size overflow after 1 MiB alignment not checked yet",
-    "numatune-memnode-invalid-mode": "restrictive memory mode requires restrictive memnodes",
-    "numatune-memnode-restrictive-mode-err-mixed": "same rule, other direction",
-}
-
-
 @pytest.mark.parametrize("err_path", ERRS, ids=[p.name.split(".")[0] for p in ERRS])
 def test_err_case(err_path: Path) -> None:
     from hugexml.errors import InvalidDomain
 
     name = err_path.name.split(".")[0]
-    if name in NOT_YET:
-        pytest.xfail(NOT_YET[name])
     xml = CORPUS / (name + ".xml")
     with pytest.raises(InvalidDomain) as info:
         plan_xml(xml.read_bytes(), HOST, xml.name)
     assert ERR_WORDS[name] in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_err_words_cover_every_err_case():
+    assert sorted(ERR_WORDS) == sorted(p.name.split(".")[0] for p in ERRS)
+
+
+# libvirt's own wording, where hugexml reports the same check (the .err file is the truth;
+# the words that differ are host facts hugexml words itself, e.g. the page size in KiB).
+VERBATIM = ["cpu-numa3", "hugepages-memaccess-invalid", "memory-align-fail",
+            "numatune-memnode-invalid-mode", "numatune-memnode-restrictive-mode-err-mixed",
+            "hugepages-default-1G-nodeset-2M", "hugepages-nodeset-nonexist",
+            "hugepages-numa-nodeset-nonexist"]
+
+
+@pytest.mark.parametrize("name", VERBATIM)
+def test_err_message_is_libvirts(name: str) -> None:
+    from hugexml.errors import InvalidDomain
+
+    err = next(CORPUS.glob(name + ".*.err")).read_text().strip()
+    reason = err.split(": ", 1)[1] if err.startswith(("XML error: ", "unsupported ")) else err
+    with pytest.raises(InvalidDomain) as info:
+        plan_xml((CORPUS / (name + ".xml")).read_bytes(), HOST, name)
+    assert str(info.value).endswith(reason)
 
 
 def test_the_corpus_is_there():

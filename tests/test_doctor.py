@@ -231,29 +231,20 @@ def test_with_the_real_planner_a_1g_guest_needs_a_1g_mount(host):
     assert checks["mounts"].status == FAIL and checks["guests"].status == FAIL
 
 
-def test_fragmentation_reports_what_each_node_could_give(host, monkeypatch):
-    try:
-        import hugexml.host  # noqa: F401
-    except ImportError:
-        import types
-
-        stub = types.ModuleType("hugexml.host")
-
-        def predict_allocatable(orders, page_kib, base_page_kib=4):
-            need = (page_kib // base_page_kib).bit_length() - 1
-            return sum(n << (o - need) for o, n in enumerate(orders) if o >= need)
-
-        stub.predict_allocatable = predict_allocatable  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "hugexml.host", stub)
+def test_fragmentation_reports_what_each_node_could_give(host):
     host.sim.set(0, M2, cap=3)                 # node 0's buddyinfo: 3 free order-9 blocks
+    host.sim.mem_free[0] = 5 * G1 + 7 * M2     # 1G is above the largest order: MemFree bounds it
+    host.sim.mem_free[1] = G1 - 1
     check = host.doctor()["fragmentation"]
     assert check.status == OK
-    assert check.message == ("node 0 could give 3 x 2M, 0 x 1G now; "
-                             "node 1 could give 0 x 2M, 0 x 1G now")
-    # a guest needs 1G pages and no node could give one: reserve them at boot
+    assert check.message == ("node 0 could give 3 x 2M, at most 5 x 1G after compaction now; "
+                             "node 1 could give 0 x 2M, at most 0 x 1G after compaction now")
+    # a guest needs 1G pages and node 1 could not give one even after compaction
     check = host.doctor([guest("db1", G1)])["fragmentation"]
     assert check.status == WARN and check.fix == ("reserve 1G pages at boot: hugexml boot "
-                                                  "--reserve 1G:N@0 --apply")
+                                                  "--reserve 1G:N@1 --apply")
+    host.sim.mem_free[1] = 3 * G1              # every node has room: no warning
+    assert host.doctor([guest("db1", G1)])["fragmentation"].status == OK
 
 
 def test_guests_check_skips_without_libvirt(host, monkeypatch):

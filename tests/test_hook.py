@@ -163,17 +163,54 @@ def test_syslog_records_go_to_dev_log_as_one_datagram_each(tmp_path, monkeypatch
     assert hook._syslog(["x"], error=False) is False
 
 
-def test_log_falls_back_to_stderr_only_when_the_hook_succeeds(tmp_path):
-    c = hook.Call(["qemu", "vm1", "release", "end", "-"], io.BytesIO(b""), io.BytesIO(),
+def flushed(op: str, error: bool, exit_code: int, config: str | None = None,
+            tmp_path: Path | None = None) -> str:
+    if config is not None and tmp_path is not None:
+        (tmp_path / "hugexml.conf").write_text(config)
+    c = hook.Call(["qemu", "vm1", op, "begin", "-"], io.BytesIO(b""), io.BytesIO(),
                   io.StringIO(), None)
-    c.log("released 2 pages")
-    c.flush_log(error=False, exit_code=0)
-    assert "hugexml: domain 'vm1' release end: released 2 pages (" in c.stderr.getvalue()
-    c2 = hook.Call(["qemu", "vm1", "prepare", "begin", "-"], io.BytesIO(b""), io.BytesIO(),
-                   io.StringIO(), None)
-    c2.log("failed: whatever")
-    c2.flush_log(error=True, exit_code=1)
-    assert c2.stderr.getvalue() == ""  # the caller's one line is all libvirt will show
+    c.log("a record")
+    c.flush_log(error=error, exit_code=exit_code)
+    return c.stderr.getvalue()
+
+
+def test_without_dev_log_a_success_is_silent_and_only_a_swallowed_failure_is_printed():
+    """libvirt quotes a hook's stderr in its errors and keeps it in its debug log: a
+    success writes nothing there, even when syslog is not listening (the fixture points
+    SYSLOG_ADDRESS at a path where nothing is bound)."""
+    assert flushed("prepare", error=False, exit_code=0) == ""
+    # a failure the hook swallows (started/reconnect/filters exit 0) must not vanish
+    assert flushed("started", error=True, exit_code=0).startswith(
+        "hugexml: domain 'vm1' started begin: a record (")
+    # a failure that fails the call: the caller's one line is all libvirt will show
+    assert flushed("prepare", error=True, exit_code=1) == ""
+
+
+@pytest.mark.parametrize("config,success,failure", [
+    ("[hook]\nlog = stderr\n", True, True),
+    ("[hook]\nlog = none\n", False, False),
+    ("[hook]\nlog = syslog\n", False, True),
+])
+def test_hook_log_setting(tmp_path, config, success, failure):
+    assert bool(flushed("started", False, 0, config, tmp_path)) is success
+    assert bool(flushed("started", True, 0, config, tmp_path)) is failure
+
+
+def test_a_successful_prepare_logs_its_decision_to_syslog_and_nothing_to_stderr(
+        host, tmp_path, monkeypatch):
+    address = str(tmp_path / "devlog")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(address)
+    server.settimeout(5)
+    monkeypatch.setattr(hook, "SYSLOG_ADDRESS", address)
+    try:
+        assert hook_call(host, "prepare", guest_xml("vm1", 128, M2, node=1)) == (0, b"", "")
+        record = server.recv(4096).decode()
+    finally:
+        server.close()
+    assert record.startswith("<30>hugexml["), record          # daemon.info
+    assert ("domain 'vm1' prepare begin: demand 64 x 2048 KiB on node 1; "
+            "added {1:2048=64}, claimed {1:2048=64}; claim pending (") in record, record
 
 
 # --- failures ----------------------------------------------------------------------------
@@ -289,9 +326,7 @@ class FakeHost:
 
 @pytest.fixture
 def host(tmp_path, monkeypatch):
-    for module in ("hugexml.plan", "hugexml.config", "hugexml.mounts", "hugexml.domxml"):
-        pytest.importorskip(module)
-    sys.path.insert(0, str(REPO / "tests"))
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
     h = FakeHost(tmp_path / "root")
     monkeypatch.setenv("HUGEXML_ROOT", str(h.base))
     return h
@@ -400,3 +435,29 @@ def test_restore_filter_moves_an_unmounted_1g_guest_to_a_mounted_2m_size(host):
     # fits already: the same bytes
     host.set_mounts((M2, G1))
     assert hook_call(host, "restore", xml)[:2] == (0, xml)
+
+
+def test_restore_filter_refits_to_what_the_running_daemon_sees_not_what_is_mounted(host):
+    """Both sizes are mounted, but libvirtd started before the 1G mount existed: the filter
+    asks hugexml.daemon which sizes the daemon can use and moves the 1G guest to 2M. A
+    memfd guest needs no mount and keeps its 1G pages."""
+    import os
+
+    (host.base / "proc/stat").write_text("cpu 1 2 3\nbtime 1700000000\n")
+    ticks = str(os.sysconf("SC_CLK_TCK"))                  # started 1 s after boot, long ago
+    (host.base / "proc/4242").mkdir()
+    (host.base / "proc/4242/stat").write_text(
+        "4242 (libvirtd) S 1 " + " ".join(["0"] * 17 + [ticks, "0", "0"]) + "\n")
+    (host.base / "run").mkdir()
+    (host.base / "run/libvirtd.pid").write_text("4242\n")
+    (host.base / "dev/hugepages2M/libvirt/qemu").mkdir(parents=True)  # libvirt saw it
+    (host.base / "dev/hugepages1G").mkdir(parents=True)               # mounted just now
+    xml = guest_xml("vm1", 1024, G1)
+    code, out, err = hook_call(host, "restore", xml)
+    assert (code, err) == (0, "")
+    assert out == xml.replace(b"1048576", b"2048")
+    memfd = guest_xml("vm2", 1024, G1, memfd=True)
+    assert hook_call(host, "restore", memfd, "vm2") == (0, memfd, "")
+    # once libvirt has made its directory in the 1G mount, the daemon knows it
+    (host.base / "dev/hugepages1G/libvirt/qemu").mkdir(parents=True)
+    assert hook_call(host, "restore", xml) == (0, xml, "")

@@ -260,10 +260,11 @@ def test_legacy_refuses_when_an_older_original_is_in_the_way(root, admin_hook):
 
 
 # --- restart advice ----------------------------------------------------------------------
-def fake_daemon(root: HostRoot, pid: int, comm: str, start_ticks: int) -> None:
+def fake_daemon(root: HostRoot, pid: int, comm: str, start_ticks: int,
+                state: str = "S") -> None:
     d = Path(root.path("proc", str(pid)))
     d.mkdir(parents=True)
-    fields = ["S"] + ["0"] * 18 + [str(start_ticks)] + ["0"] * 20
+    fields = [state] + ["0"] * 18 + [str(start_ticks)] + ["0"] * 20
     (d / "stat").write_text(f"{pid} ({comm}) {' '.join(fields)}\n")
 
 
@@ -275,6 +276,14 @@ def test_restart_needed_for_a_daemon_older_than_the_hook(root):
     assert result["restart_needed"] is True
     assert [(d["pid"], d["name"]) for d in result["daemons"]] == [(4242, "libvirtd")]
     assert result["daemons"][0]["started"] == 1700000010
+
+
+def test_a_stopped_daemon_not_yet_reaped_needs_no_restart(root):
+    """A zombie libvirtd (stopped, its parent has not reaped it: seen for seconds here,
+    where PID 1 reaps slowly) runs no hooks."""
+    fake_daemon(root, 4242, "libvirtd", start_ticks=1, state="Z")
+    result = install.install_hook(root)
+    assert (result["restart_needed"], result["daemons"]) == (False, [])
 
 
 def test_no_restart_for_a_daemon_started_after_the_hook(root):

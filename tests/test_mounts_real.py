@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import pytest
+from allocfix import skip_or_fail
 
 from hugexml import daemon as dm
 from hugexml import mounts as mt
@@ -24,7 +25,7 @@ M2, G1 = 2048, 1048576
 @pytest.mark.parametrize("size_kib", [M2, G1])
 def test_mount_verify_and_unmount_for_real(real_host, tmp_path, size_kib):
     if size_kib not in mt.read_page_sizes_kib(REAL):
-        pytest.skip(f"this kernel has no {size_kib} KiB pages")
+        skip_or_fail(f"this kernel has no {size_kib} KiB pages")
     state = str(tmp_path / "state")
     target = str(tmp_path / f"hp{mt.format_kib(size_kib)}")
     before = time.time()
@@ -70,16 +71,17 @@ def test_a_wrong_size_on_an_existing_mount_is_refused_for_real(real_host, tmp_pa
 
 
 def test_start_time_matches_psutils_create_time():
-    psutil = pytest.importorskip("psutil")
+    import psutil
     for pid in (os.getpid(), 1):
         comm, started = dm.process_start(REAL, pid)
         assert comm == psutil.Process(pid).name()
         assert started == pytest.approx(psutil.Process(pid).create_time(), abs=0.02)
 
 
-@pytest.mark.skipif(not shutil.which("systemd-escape"), reason="no systemd-escape")
 @pytest.mark.parametrize("path", ["/dev/hugepages1G", "/dev/hugepages", "/srv/hp-1g x", "/.hp"])
 def test_unit_names_match_systemd_escape(path):
+    if not shutil.which("systemd-escape"):
+        skip_or_fail("no systemd-escape")
     out = subprocess.run(["systemd-escape", "--path", "--suffix=mount", path],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert unit_name_for_path(path) == out
@@ -113,9 +115,9 @@ def test_the_hooks_mount_missing_mounts_for_the_next_daemon_start(real_host, tmp
     says the daemon must restart; afterwards the same check is satisfied for a daemon that
     starts later, and not for the one that was running."""
     if G1 not in mt.read_page_sizes_kib(REAL):
-        pytest.skip("no 1G pages")
+        skip_or_fail("no 1G pages")
     if mt.mount_for(mt.list_mounts(REAL), G1) is not None:
-        pytest.skip("a 1G mount exists already")
+        skip_or_fail("a 1G mount exists already")
     state = str(tmp_path / "state")
     running = dm.Daemon(4242, "libvirtd", time.time() - 60)
     line = dm.mount_problem(REAL, state, G1, daemons=[running], mount_missing=True)

@@ -55,6 +55,23 @@ OK = [
          "</source><target><size unit='G'>1</size><node>1</node></target></memory>"),
      [("cell", 0, 2048, 512, None), ("cell", 1, 2048, 512, None),
       ("dimm", 1, 1048576, 1, (1, 2, 3))]),
+    ("cell-ids-default-to-position",
+     dom("<hugepages><page size='1' unit='G' nodeset='1'/></hugepages>",
+         "<cell cpus='0' memory='1048576'/><cell cpus='1' memory='1048576'/>"),
+     [("cell", 0, None, 0, None), ("cell", 1, 1048576, 1, None)]),
+    ("cells-in-id-order",
+     dom("<hugepages/>", "<cell id='1' memory='2048'/><cell id='0' memory='4096'/>"),
+     [("cell", 0, 2048, 2, None), ("cell", 1, 2048, 1, None)]),
+    ("node0-page-without-cells-is-master",
+     dom("<hugepages><page size='1' unit='G' nodeset='0'/></hugepages>"),
+     [("memory", None, 1048576, 4, None)]),
+    ("restrictive-both", dom("<hugepages/>", CELLS2,
+                             "<numatune><memory mode='restrictive' nodeset='0-1'/>"
+                             "<memnode cellid='1' mode='restrictive' nodeset='1'/></numatune>"),
+     [("cell", 0, 2048, 512, (0, 1)), ("cell", 1, 2048, 512, (1,))]),
+    ("memaccess-default-is-unset",
+     dom("<hugepages/>", "<cell id='0' memory='1048576' memAccess='default'/>"),
+     [("cell", 0, 2048, 512, None)]),
     ("nvdimm-never-huge",
      dom("<hugepages/>", CELLS2, "",
          "<memory model='nvdimm'><source><path>/x</path></source>"
@@ -72,12 +89,48 @@ def test_plan(xml: bytes, expected: list) -> None:
 
 BAD = [
     ("two-masters", dom("<hugepages><page size='2048'/><page size='1048576'/></hugepages>"),
+     InvalidDomain, "two master hugepages detected: 1048576 and 2048"),  # libvirt: later first
+    ("two-masters-node0-no-cells",
+     dom("<hugepages><page size='1048576'/><page size='2048' nodeset='0'/></hugepages>"),
      InvalidDomain, "two master hugepages detected: 2048 and 1048576"),
     ("missing-cell", dom("<hugepages><page size='2048' nodeset='4'/></hugepages>", CELLS2),
      InvalidDomain, "hugepages: node 4 not found"),
     ("cell-twice", dom("<hugepages><page size='2048' nodeset='0'/>"
                        "<page size='1048576' nodeset='0'/></hugepages>", CELLS2),
-     InvalidDomain, "node 0"),
+     InvalidDomain, "nodeset attribute of hugepages of sizes 1048576 and 2048 intersect"),
+    ("page-zero", dom("<hugepages><page size='0'/></hugepages>"),
+     InvalidDomain, "hugepage size can't be zero"),
+    ("cell-id-gap", dom("", "<cell id='0' memory='1024'/><cell id='2' memory='1024'/>"),
+     InvalidDomain, "Exactly one 'cell' element per guest NUMA cell allowed"),
+    ("cell-id-twice", dom("", "<cell id='1' memory='1024'/><cell id='1' memory='1024'/>"),
+     InvalidDomain, "Duplicate NUMA cell info for cell id '1'"),
+    ("numa-without-cells", dom("", "", "", "").replace(b"<devices>", b"<cpu><numa/></cpu>"
+                                                        b"<devices>"),
+     InvalidDomain, "NUMA topology defined without NUMA cells"),
+    ("memaccess-bad", dom("", "<cell id='0' memory='1024' memAccess='public'/>"),
+     InvalidDomain, "Invalid value for attribute 'memAccess' in element 'cell': 'public'."),
+    ("backing-source-bad", dom("<source type='tmpfs'/>"),
+     InvalidDomain, "Invalid value for attribute 'type' in element 'source': 'tmpfs'."),
+    ("memnode-mode-bad", dom("", CELLS2, "<numatune><memnode cellid='0' mode='lax' nodeset='0'/>"
+                                         "</numatune>"),
+     InvalidDomain, "Invalid value for attribute 'mode' in element 'memnode': 'lax'."),
+    ("memnode-twice", dom("", CELLS2, "<numatune><memnode cellid='0' mode='strict' nodeset='0'/>"
+                                      "<memnode cellid='0' mode='strict' nodeset='1'/></numatune>"),
+     InvalidDomain, "Multiple memnode elements with cellid 0"),
+    ("restrictive-memory-strict-memnode",
+     dom("", CELLS2, "<numatune><memory mode='restrictive' nodeset='0-1'/>"
+                     "<memnode cellid='1' mode='strict' nodeset='1'/></numatune>"),
+     InvalidDomain, "'restrictive' mode is required in memnode element"),
+    ("restrictive-memnode-default-memory",
+     dom("", CELLS2, "<numatune><memnode cellid='1' mode='restrictive' nodeset='1'/></numatune>"),
+     InvalidDomain, "'restrictive' mode is required in memory element"),
+    ("cell-overflow-after-align",
+     dom("", "<cell id='0' memory='9007199254740991'/>", memory="9007199254740991"),
+     InvalidDomain, "memory size of NUMA node '0' overflowed after alignment"),
+    ("memory-overflow-after-align", dom(memory="9007199254740991"),
+     InvalidDomain, "initial memory size overflowed after alignment"),
+    ("units-beyond-64-bits", dom().replace(b"<memory>4194304", b"<memory unit='TiB'>17179869184"),
+     InvalidDomain, "does not fit in 64 bits"),
     ("memnode-no-cells", dom("", "", "<numatune><memnode cellid='0' mode='strict' nodeset='0'/>"
                                      "</numatune>"), InvalidDomain, "memnode"),
     ("memnode-auto", dom("", CELLS2, "<numatune><memory placement='auto'/>"

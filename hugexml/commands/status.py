@@ -1,15 +1,23 @@
-"""hugexml status: the hugepage pools per node and size, the mounts, the guests in the ledger."""
+"""hugexml status: the hugepage pools per node and size, the mounts, the guests in the ledger.
+
+``--guests`` adds what every running qemu guest really maps (``hugexml.usage``) next to its
+ledger claim and its plan; a mismatch exits 1. ``--prometheus [FILE]`` writes the same data
+in the node-exporter textfile format (``hugexml.prometheus``), atomically; ``-`` = stdout.
+"""
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 HELP = "show hugepage pools per node and size, hugetlbfs mounts and claimed guests"
 EPILOG = """examples:
   hugexml status
   hugexml status --json
-  hugexml status --reconcile     # first compare the ledger with the kernel (takes the lock)"""
+  hugexml status --reconcile     # first compare the ledger with the kernel (takes the lock)
+  hugexml status --guests        # pages each running guest maps vs its claim and plan
+  hugexml status --prometheus /var/lib/node_exporter/textfile/hugexml.prom"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,6 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reconcile", action="store_true",
                    help="reconcile the ledger with the kernel first (finishes crashed "
                         "transactions, gives back owed pages, moves a corrupt ledger aside)")
+    p.add_argument("--guests", action="store_true",
+                   help="also show the hugepages each running qemu guest maps per node and "
+                        "size, next to its ledger claim and its plan; exit 1 on a mismatch")
+    p.add_argument("--prometheus", nargs="?", const="-", default=None, metavar="FILE",
+                   help="write node-exporter textfile metrics to FILE, replaced atomically "
+                        "('-' or no FILE: stdout). Mismatches are the metric "
+                        "hugexml_guest_hugepages_mismatch, not the exit code")
 
 
 def _mounts(ctx: Any, default_kib: Any) -> list[dict[str, Any]]:
@@ -152,18 +167,53 @@ def render(status: dict[str, Any]) -> list[str]:
     return lines
 
 
+def guest_usage(ctx: Any, status: dict[str, Any]) -> list[Any]:
+    """Running guests' usage, compared with the ledger records ``status`` already holds."""
+    from hugexml.usage import guest_usage as usage_of
+
+    return usage_of(ctx.root, ledger={"guests": status["guests"]})
+
+
 def run(args: argparse.Namespace, ctx: Any) -> int:
     from hugexml.commands._alloc import allocator, print_json
+    from hugexml.errors import InvalidInput
 
+    if args.prometheus == "":
+        raise InvalidInput(reason="--prometheus: an empty FILE name")
+    to_stdout = args.prometheus == "-"
+    if to_stdout and (args.json or args.guests or args.reconcile):
+        raise InvalidInput(reason="--prometheus to stdout cannot be combined with --json, "
+                                  "--guests or --reconcile; give it a FILE")
     reconciled = allocator(ctx).reconcile() if args.reconcile else None
     status = collect_status(ctx)
     if reconciled is not None:
         status["reconciled"] = reconciled
+    wanted = args.guests or args.prometheus is not None
+    usages = guest_usage(ctx, status) if wanted else None
+    if args.prometheus is not None:
+        from hugexml.prometheus import render as render_metrics
+        from hugexml.prometheus import write_textfile
+
+        text = render_metrics(status, usages or [])
+        if to_stdout:
+            sys.stdout.write(text)
+            return 0
+        write_textfile(args.prometheus, text)
+        if not (args.json or args.guests):
+            return 0  # quiet for a timer; the metrics carry everything
+    mismatch = 1 if args.guests and any(u.mismatches for u in usages or []) else 0
+    if args.guests:
+        status["guest_usage"] = [u.to_json() for u in usages or []]
     if args.json:
         print_json(status)
-        return 0
+        return mismatch
     if reconciled:
         print(f"reconciled: {reconciled}")
     for line in render(status):
         print(line)
-    return 0
+    if args.guests:
+        from hugexml.usage import render_text
+
+        for line in render_text(usages or []):
+            print(line)
+    return mismatch

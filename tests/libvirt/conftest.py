@@ -59,6 +59,7 @@ def testbed(real_host_lock):
                       + "); the suite brings up its own and leaves that one alone")
     pools = snapshot_pools()
     mounts_before = hugetlbfs_mounts()
+    mount_dirs_before = {p for p in MOUNTS.values() if os.path.isdir(p)}
     workdir = tempfile.mkdtemp(prefix="hugexml-e2e-")
     os.chmod(workdir, 0o755)
     backups = [_Aside(STATE_DIR, workdir), _Aside(CONFIG_FILE, workdir)]
@@ -83,6 +84,11 @@ def testbed(real_host_lock):
         bed._kill_stray_qemu()
         for path in sorted(hugetlbfs_mounts() - mounts_before, reverse=True):
             subprocess.run(["umount", path], check=False)
+        for path in sorted(set(MOUNTS.values()) - mount_dirs_before):
+            try:  # made by bed.mount or by the hook's prepare (hugexml.mounts.ensure_mount)
+                os.rmdir(path)
+            except OSError:
+                pass
         bed.hugexml("uninstall-hook", check=False)
         for aside in backups:
             aside.restore()

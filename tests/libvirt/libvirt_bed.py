@@ -1,7 +1,7 @@
 """The libvirt test bed's parts: daemons by PID, guests, mounts, pools, hugexml's state.
 Brought up as ../shared/docs/libvirt-testbed.md says (see conftest.py for the order).
 
-The session fixture ``testbed`` takes the real-host lock, refuses to touch a libvirt daemon
+The module fixture ``testbed`` takes the real-host lock, refuses to touch a libvirt daemon
 it did not start, installs the hook with ``hugexml install-hook`` BEFORE starting the daemon
 (libvirt discovers hooks and hugetlbfs mounts only at daemon start), mounts 2M and 1G
 hugetlbfs, and starts the daemons with pid files. The hook runs with libvirt's environment
@@ -84,7 +84,7 @@ def _proc_daemons() -> list[tuple[int, str]]:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             continue
-        if comm in DAEMON_NAMES:
+        if comm in DAEMON_NAMES and _pid_alive(int(pid)):
             found.append((int(pid), comm))
     return found
 

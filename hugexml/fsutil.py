@@ -1,0 +1,78 @@
+"""Writing files so that a reader never sees half of one: the one atomic-write in hugexml.
+
+The ledger, the hook files, mount units, fstab, Prometheus text files, rewritten domain XML
+and apply's backups all go through :func:`write_atomic`: a temp file in the same directory,
+written in full, fsynced, given its mode (and owner), then renamed over the target (or
+hard-linked beside it when the target must not be replaced), and the directory fsynced so
+the rename survives a crash. On any failure the temp file is removed and the ``OSError``
+propagates; callers convert it ``from exc`` into their own one-line error.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Optional
+
+
+def _umask_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, data: bytes, *, mode: Optional[int] = None,
+                 keep_mode: bool = False, owner: Optional[tuple[int, int]] = None,
+                 exclusive: bool = False, make_dirs: bool = False,
+                 dir_mode: int = 0o755) -> None:
+    """Replace ``path`` with ``data`` atomically.
+
+    ``mode``: the file's permission bits (default: the umask's, or the existing file's
+    when ``keep_mode``). ``exclusive``: fail with ``FileExistsError`` rather than replace
+    an existing file (backups are never overwritten). ``owner``: (uid, gid), applied when
+    permitted.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    if make_dirs:
+        os.makedirs(directory, mode=dir_mode, exist_ok=True)
+    if keep_mode and mode is None:
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except FileNotFoundError:
+            mode = None
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=directory)
+    try:
+        try:
+            os.fchmod(fd, (mode if mode is not None else _umask_mode()) & 0o7777)
+            if owner is not None:
+                try:
+                    os.fchown(fd, *owner)
+                except PermissionError:
+                    pass  # not root: the file stays ours
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if exclusive:
+            os.link(tmp, path)  # FileExistsError: never overwrite
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+        tmp = ""
+        fsync_dir(directory)
+    finally:
+        if tmp:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
