@@ -16,7 +16,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -103,34 +102,15 @@ def unified_diff(old: str, new: str, name: str) -> str:
 
 
 def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
-    directory = os.path.dirname(path)
-    tmp = None
+    """A backup: written whole, never over an existing one."""
+    from hugexml.fsutil import write_atomic as _write
+
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.link(tmp, path)  # fails if a backup of that name exists: never overwrite one
-        os.unlink(tmp)
-        tmp = None
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _write(path, data, mode=mode, exclusive=True, make_dirs=True, dir_mode=0o700)
     except OSError as exc:
         raise HostError(
             path=path, reason=f"cannot write the backup: {exc.strerror or exc}"
         ) from exc
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 class Applier:

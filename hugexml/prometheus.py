@@ -10,8 +10,6 @@ node-exporter textfile collector never reads half a file. Pure except for the wr
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -193,28 +191,10 @@ def _mapped_triples(mapped: Any) -> list[tuple[int, int, int]]:
 
 
 def write_textfile(path: str, text: str) -> None:
-    """Replace ``path`` atomically (temp file in the same directory, fsync, rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = None
+    """Replace ``path`` atomically (node_exporter never reads half a file)."""
+    from hugexml.fsutil import write_atomic
+
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".hugexml-", suffix=".prom.tmp", dir=directory)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        tmp = None
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(path, text.encode("utf-8"), mode=0o644)
     except OSError as exc:
         raise HostError(path=path, reason=f"cannot write metrics: {exc.strerror or exc}") from exc
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass

@@ -217,16 +217,25 @@ def test_unknown_node_is_refused(new_kernel, tmp_path):
 NR = "sys/devices/system/node/node{}/hugepages/hugepages-2048kB/nr_hugepages"
 
 
-@pytest.mark.parametrize("kind, rel, after", [
-    ("write", NR.format(1), 0),  # node 0 grew, then node 1's write fails (EIO)
-    ("read", NR.format(0), 1),   # node 0's write went through, its read-back fails
+@pytest.mark.parametrize("kind, rel", [
+    ("write", NR.format(1)),  # node 0 grew, then node 1's write fails (EIO)
+    ("read", NR.format(0)),   # node 0's write went through, its read-back fails
 ])
-def test_sysfs_failure_mid_transaction_rolls_back(tmp_path, kind, rel, after):
+def test_sysfs_failure_mid_transaction_rolls_back(tmp_path, monkeypatch, kind, rel):
     """Faults injected in the fake sysfs: the real gateway turns the OSError into HostError
     (from the OSError) and the allocator puts every pool back."""
     kernel = make_kernel("fake", str(tmp_path / "root"), nodes=2)
-    inject = kernel.fk.fail_next_write if kind == "write" else kernel.fk.fail_next_read
-    inject(rel, errno.EIO, after=after)
+    if kind == "write":
+        kernel.fk.fail_next_write(rel, errno.EIO)
+    else:  # armed by the write itself: the read-back right after it fails
+        real_write, armed = kernel.fk.io.write_text, []
+
+        def write(path, text):
+            real_write(path, text)
+            if path.endswith(rel) and not armed:
+                armed.append(path)
+                kernel.fk.fail_next_read(rel, errno.EIO)
+        monkeypatch.setattr(kernel.fk.io, "write_text", write)
     alloc = make(kernel, tmp_path)
     with pytest.raises(HostError) as info:
         alloc.reserve(plan("vm", (4, (0,), "strict"), (4, (1,), "strict")), guest("vm"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from typing import Any, Optional
 
 from hugexml.errors import InvalidInput
@@ -124,39 +123,12 @@ def unified_diff(before: bytes, after: bytes, name: str) -> str:
 def atomic_write(path: str, data: bytes, mode: Optional[int] = None,
                  owner: Optional[tuple[int, int]] = None) -> None:
     """Write ``path`` via a temp file in the same directory and rename (never half-written)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    from hugexml.fsutil import write_atomic
+
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode & 0o7777)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-        if owner is not None:
-            try:
-                os.chown(tmp, *owner)
-            except PermissionError:
-                pass  # not root: the file stays ours
-        os.replace(tmp, path)
+        write_atomic(path, data, mode=mode, owner=owner)
     except OSError as exc:
-        _unlink_quietly(tmp)
         raise InvalidInput(reason=f"{path}: cannot write: {exc.strerror or exc}") from None
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    try:  # the rename itself must survive a crash
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
 
 
 def replace_file(path: str, original: bytes, data: bytes, backup: bool) -> None:
@@ -178,10 +150,3 @@ def replace_file(path: str, original: bytes, data: bytes, backup: bool) -> None:
     if backup:
         atomic_write(path + ".bak", original, mode=st.st_mode, owner=owner)
     atomic_write(path, data, mode=st.st_mode, owner=owner)
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
