@@ -61,10 +61,10 @@ def _boot_time(root: HostRoot) -> Optional[float]:
     return None
 
 
-def process_start(root: HostRoot, pid: int,
-                  boot: Optional[float] = None) -> Optional[tuple[str, float]]:
-    """(comm, start time in epoch seconds) from <root>/proc/<pid>/stat, or None: btime plus
-    the starttime field (22) in clock ticks, as psutil's create_time() computes it."""
+def _process_stat(root: HostRoot, pid: int,
+                  boot: Optional[float]) -> Optional[tuple[str, str, float]]:
+    """(comm, state, start time in epoch seconds) from <root>/proc/<pid>/stat, or None: btime
+    plus the starttime field (22) in clock ticks, as psutil's create_time() computes it."""
     try:
         with open(root.path("proc", str(pid), "stat"), encoding="ascii", errors="replace") as fh:
             stat = fh.read(4096)
@@ -73,20 +73,29 @@ def process_start(root: HostRoot, pid: int,
     comm = stat[stat.find("(") + 1:stat.rfind(")")]
     boot = _boot_time(root) if boot is None else boot
     try:
-        ticks = int(stat[stat.rfind(")") + 2:].split()[19])
+        fields = stat[stat.rfind(")") + 2:].split()
+        state, ticks = fields[0], int(fields[19])
     except (IndexError, ValueError):
         return None
     if boot is None:
         return None
-    return comm, boot + ticks / os.sysconf("SC_CLK_TCK")
+    return comm, state, boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_start(root: HostRoot, pid: int,
+                  boot: Optional[float] = None) -> Optional[tuple[str, float]]:
+    """(comm, start time in epoch seconds) of a process, or None."""
+    found = _process_stat(root, pid, boot)
+    return None if found is None else (found[0], found[2])
 
 
 def read_process(root: HostRoot, pid: int, boot: Optional[float] = None) -> Optional[Daemon]:
-    """A libvirt daemon's pid, name and start time, or None for any other process."""
-    found = process_start(root, pid, boot)
-    if found is None or found[0] not in DAEMONS:
+    """A running libvirt daemon's pid, name and start time, or None for any other process
+    and for a daemon that has exited (zombie ``Z`` or dead ``X``: it runs no hooks)."""
+    found = _process_stat(root, pid, boot)
+    if found is None or found[0] not in DAEMONS or found[1] in ("Z", "X", "x"):
         return None
-    return Daemon(pid, found[0], found[1])
+    return Daemon(pid, found[0], found[2])
 
 
 def find_daemons(root: HostRoot, quick: bool = False) -> list[Daemon]:

@@ -37,9 +37,9 @@ class Root:
             (self.base / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
         (self.base / "proc/self/mounts").write_text("\n".join(rows) + "\n")
 
-    def process(self, pid: int, comm: str, started: float) -> None:
+    def process(self, pid: int, comm: str, started: float, state: str = "S") -> None:
         ticks = round((started - BTIME) * TICK)
-        rest = ["S", "1"] + ["0"] * 17 + [str(ticks), "0", "0"]
+        rest = [state, "1"] + ["0"] * 17 + [str(ticks), "0", "0"]
         (self.base / f"proc/{pid}").mkdir(parents=True)
         (self.base / f"proc/{pid}/stat").write_text(f"{pid} ({comm}) {' '.join(rest)}\n")
 
@@ -93,6 +93,15 @@ def test_find_daemons_by_comm_with_start_time(host):
     found = dm.find_daemons(host.root)
     assert [(d.pid, d.name) for d in found] == [(100, "libvirtd"), (300, "virtqemud")]
     assert found[0].started == pytest.approx(BTIME + 50.5, abs=1.0 / TICK)
+
+
+@pytest.mark.parametrize("state, counted", [("S", True), ("R", True), ("D", True),
+                                            ("Z", False), ("X", False)])
+def test_an_exited_daemon_is_not_running(host, state, counted):
+    """A zombie (exited, not yet reaped) or dead libvirtd runs no hooks and sees no mounts."""
+    host.process(100, "virtqemud", BTIME + 5, state=state)
+    assert [d.pid for d in dm.find_daemons(host.root)] == ([100] if counted else [])
+    assert dm.process_start(host.root, 100)[0] == "virtqemud"  # still a process
 
 
 def test_quick_discovery_uses_a_pidfile_that_names_a_daemon(host):

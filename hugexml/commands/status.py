@@ -85,19 +85,18 @@ def collect_status(ctx: Any) -> dict[str, Any]:
     except HugexmlError as exc:
         status["ledger_error"] = str(exc)
         data = lg.empty_ledger()
-    try:
-        from hugexml.host import predict_allocatable
+    from hugexml.txn import predicted_allocatable
 
+    try:
         buddy = gw.buddyinfo()
-    except (HugexmlError, ImportError):
+    except HugexmlError:
         buddy = {}
 
     pools = []
     for (node, size_kib), pool in sorted(view.pools.items()):
         pk = lg.pool_key(node, size_kib)
-        zones = buddy.get(node, {})
-        predicted = sum(predict_allocatable(list(orders), size_kib)
-                        for zone, orders in zones.items() if zone != "DMA") if zones else None
+        predicted, exact = (predicted_allocatable(gw, node, size_kib, buddy) if buddy
+                            else (None, False))
         pools.append({
             "node": node, "size_kib": size_kib, "total": pool.persistent + pool.surplus,
             "free": pool.free, "reserved_at_most": resv_share(view, node, size_kib),
@@ -105,6 +104,7 @@ def collect_status(ctx: Any) -> dict[str, Any]:
             "added_by_hugexml": lg.hugexml_pages(data, pk) if pk in data["baseline"] else 0,
             "baseline": data["baseline"].get(pk),
             "predicted_allocatable": predicted,
+            "predicted_from": "buddyinfo" if exact else "memfree-after-compaction",
         })
     globals_ = {}
     for size_kib in sizes:
@@ -143,10 +143,13 @@ def render(status: dict[str, Any]) -> list[str]:
     for p in status["pools"]:
         rows.append([str(p["node"]), format_kib(p["size_kib"]), str(p["total"]), str(p["free"]),
                      str(p["reserved_at_most"]), str(p["surplus"]), str(p["claimed"]),
-                     str(p["added_by_hugexml"]), num(p["predicted_allocatable"])])
+                     str(p["added_by_hugexml"]),
+                     ("<=" if p.get("predicted_from") == "memfree-after-compaction" else "")
+                     + num(p["predicted_allocatable"])])
     lines = _table(rows)
     lines.append("(resv<=: the kernel counts reserved pages per size only; each node shows the "
-                 "most it could hold. allocatable: buddyinfo's prediction without compaction)")
+                 "most it could hold. allocatable: buddyinfo's prediction without compaction; "
+                 "<=N: above the largest buddy order, MemFree after compaction bounds it)")
     mounts = status["mounts"]
     lines.append("mounts: " + (", ".join(
         f"{m['path']} ({format_kib(m['page_size_kib']) if m['page_size_kib'] else '?'})"
