@@ -25,8 +25,8 @@ def gateway(kind: str, root: str):
 
         return FileSimKernel.open(os.path.join(root, "sim.json"))
     from fakekernel import FakeSysIO
-    from hugexml.host import HostGateway
 
+    from hugexml.host import HostGateway
     from hugexml.root import HostRoot
 
     return HostGateway(HostRoot(root), io=FakeSysIO.from_root(root))

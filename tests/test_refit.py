@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Optional
 
 import pytest
-from hugexml.domxml import load_domain
-from hugexml.plan import make_plan
 
+from hugexml.domxml import load_domain
 from hugexml.model import HostInfo
+from hugexml.plan import make_plan
 from hugexml.rewrite import refit_for_host
 
 M2, G1 = 2048, 1048576

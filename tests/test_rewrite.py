@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from hugexml.domxml import load_domain
-from hugexml.plan import make_plan
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hugexml.domxml import load_domain
 from hugexml.errors import InvalidInput, InvalidXML, UnsupportedPageSize
 from hugexml.model import HostInfo
+from hugexml.plan import make_plan
 from hugexml.rewrite import rewrite_xml
 
 REPO = Path(__file__).resolve().parents[1]
