@@ -32,7 +32,7 @@ from hugexml.plan import make_plan, plan_xml  # noqa: E402
 
 HOST = HostInfo(default_page_kib=2048, page_sizes_kib=(2048, 1048576), nodes=(0, 1, 2, 3),
                 auto_nodes=(0, 1, 2, 3))
-CORPUS = Path(REPO).parent / "shared/testdata/libvirt-qemuxmlconf"
+CORPUS = Path(REPO) / "tests/data/libvirt-qemuxmlconf"
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -25,6 +25,9 @@ _CLI_SIZE = re.compile(r"\s*([0-9]{1,25})\s*([A-Za-z]*)\s*\Z")
 class UnitError(ValueError):
     """A size, unit or nodeset that cannot be read (message is one line)."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
 
 def unit_scale(unit: str | None, default: int = 1024) -> int:
     """Bytes per unit, as libvirt's virScaleInteger."""
@@ -34,14 +37,14 @@ def unit_scale(unit: str | None, default: int = 1024) -> int:
     if low in ("b", "byte", "bytes"):
         return 1
     if not low or low[0] not in _POWERS:
-        raise UnitError(f"unknown unit '{unit}'")
+        raise UnitError(f"unknown unit {unit!r}")
     power = _POWERS.index(low[0]) + 1
     rest = low[1:]
     if rest in ("", "ib"):
         return 1024**power
     if rest == "b":
         return 1000**power
-    raise UnitError(f"unknown unit '{unit}'")
+    raise UnitError(f"unknown unit {unit!r}")
 
 
 def parse_number(text: str | None, what: str = "value") -> int:

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("HUGEXML_SHARED", REPO.parent / "shared"))
-CORPUS = SHARED / "testdata" / "libvirt-qemuxmlconf"
+CORPUS = Path(os.environ.get("HUGEXML_CORPUS", REPO / "tests" / "data" / "libvirt-qemuxmlconf"))
 REAL_LOCK = "/run/lock/hugexml-tests.lock"
 # CI sets this: a real-host test that cannot run is a failure there, not a skip.
 REQUIRE_REAL = os.environ.get("HUGEXML_REQUIRE_REAL") == "1"
@@ -49,7 +48,7 @@ def hugetlbfs_mounts() -> set[str]:
 @pytest.fixture
 def corpus() -> Path:
     if not CORPUS.is_dir():
-        pytest.fail(f"libvirt corpus not found at {CORPUS} (set HUGEXML_SHARED)")
+        pytest.fail(f"libvirt corpus not found at {CORPUS} (set HUGEXML_CORPUS)")
     return CORPUS
 
 

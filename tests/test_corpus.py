@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from paths import CORPUS
 
 from hugexml.model import HostInfo
 from hugexml.plan import plan_xml
@@ -15,8 +15,7 @@ from hugexml.plan import plan_xml
 HOST = HostInfo(default_page_kib=2048, page_sizes_kib=(2048, 1048576), nodes=(0, 1, 2, 3),
                 auto_nodes=(0, 1, 2, 3))
 MOUNT_PAGE_KIB = {"/dev/hugepages2M": 2048, "/dev/hugepages1G": 1048576}
-SHARED = Path(os.environ.get("HUGEXML_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-CORPUS = SHARED / "testdata/libvirt-qemuxmlconf"
+
 pytestmark = pytest.mark.corpus
 ARGS = sorted(CORPUS.glob("*.args"))
 OBJ_RE = re.compile(r"-object '(\{[^']*\})'")

@@ -18,17 +18,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from paths import CORPUS
 
 from hugexml import qemuargs, qemurender
 from hugexml.errors import HugexmlError, MountMissing
 from hugexml.model import HostInfo
 
-pytest.importorskip("hugexml.domxml")
-pytest.importorskip("hugexml.plan")
-
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = Path(os.environ.get("HUGEXML_SHARED", REPO.parent / "shared")) / (
-    "testdata/libvirt-qemuxmlconf")
+
 pytestmark = pytest.mark.corpus
 
 CASES = sorted(p.name[: -len(".x86_64-latest.args")] for p in CORPUS.glob("*.x86_64-latest.args"))
@@ -206,7 +203,6 @@ SINGLE = b"""<domain type='qemu'><name>hxs</name><memory unit='MiB'>64</memory>
 @pytest.mark.parametrize(("xml", "objects"), [(SINGLE, False), (TWO_CELLS, True)])
 def test_real_qemu_accepts_the_arguments_and_maps_the_pages(real_host, tmp_path, xml, objects):
     """qemu itself runs with our arguments and maps 32 x 2M pages from our mount."""
-    import os
     import shutil
     import signal
     import time
