@@ -9,9 +9,11 @@ propagates; callers convert it ``from exc`` into their own one-line error.
 """
 from __future__ import annotations
 
+import itertools
 import os
-import tempfile
 from typing import Optional
+
+_SEQUENCE = itertools.count()
 
 
 def _umask_mode() -> int:
@@ -47,8 +49,11 @@ def write_atomic(path: str, data: bytes, *, mode: Optional[int] = None,
             mode = os.stat(path).st_mode & 0o7777
         except FileNotFoundError:
             mode = None
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=directory)
+    # No tempfile import (the hook's path stays lean): pid + sequence, created exclusively.
+    tmp = os.path.join(directory,
+                       f".{os.path.basename(path)}.{os.getpid()}.{next(_SEQUENCE)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
     try:
         try:
             os.fchmod(fd, (mode if mode is not None else _umask_mode()) & 0o7777)

@@ -133,22 +133,11 @@ def import_path_for(python: str) -> Optional[str]:
 
 # --- files ---------------------------------------------------------------------------
 def _write_atomic(path: str, text: str, mode: int = 0o755) -> None:
-    tmp = f"{path}.hugexml-tmp"
+    from hugexml.fsutil import write_atomic
+
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, text.encode())
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_atomic(path, text.encode(), mode=mode, make_dirs=True)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise HostError(path=path, reason=exc.strerror or str(exc)) from exc
 
 

@@ -299,28 +299,11 @@ class Ledger:
             raise RuntimeError("ledger written without holding its lock")
         validate(data)  # never write what we could not read back (only adds missing keys)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-        tmp = f"{self.path}.tmp.{os.getpid()}"
+        from hugexml.fsutil import write_atomic
+
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
-                         0o600)
-            try:
-                view = memoryview(blob)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, self.path)
-            dfd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            write_atomic(self.path, blob, mode=0o600)
         except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             raise LedgerError(path=self.path,
                               reason=f"cannot write: {exc.strerror or exc}") from exc
 

@@ -163,21 +163,14 @@ def read_records(state_dir: str) -> dict[str, dict[str, Any]]:
 def _write_records(state_dir: str, records: dict[str, dict[str, Any]]) -> None:
     import json
 
+    from hugexml.fsutil import write_atomic
+
     path = record_path(state_dir)
-    tmp = f"{path}.tmp.{os.getpid()}"
+    blob = json.dumps({"version": RECORD_VERSION, "mounts": records}, indent=1, sort_keys=True)
     try:
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"version": RECORD_VERSION, "mounts": records}, fh, indent=1,
-                      sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, blob.encode(), mode=0o600)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise HostError(path=path, reason=exc.strerror or str(exc)) from exc
 
 

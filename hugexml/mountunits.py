@@ -96,19 +96,12 @@ def persist_fstab(size_kib: int, path: str, fstab: str) -> str:
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.hugexml-tmp"
+    """Replace a unit file or fstab whole, keeping its mode (0644 when new)."""
+    from hugexml.fsutil import write_atomic
+
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        mode = os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644
-        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        exists = os.path.exists(path)
+        write_atomic(path, text.encode("utf-8", "surrogateescape"),
+                     mode=None if exists else 0o644, keep_mode=exists, make_dirs=True)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise HostError(path=path, reason=exc.strerror or str(exc)) from exc

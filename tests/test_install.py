@@ -56,7 +56,7 @@ def test_install_writes_an_executable_marked_hook_that_runs(root):
     first = path.read_text().splitlines()[0]
     assert first == f"#!{sys.executable} -I"
     assert install.ownership(str(path)) == "intact"
-    assert not list(path.parent.glob("*.hugexml-tmp"))
+    assert not list(path.parent.glob(".*.tmp"))
     proc = run_hook(path, "vm1", "start", "begin", "-")
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b"")
     proc = run_hook(path, "vm1", "restore", "begin", "-")
