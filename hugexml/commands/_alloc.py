@@ -22,6 +22,14 @@ def tty_progress(stream: Any = None) -> Optional[Callable[[str], None]]:
     return say
 
 
+def add_pool_arguments(p: Any, count_help: str, node_help: str) -> None:
+    """--size, --count, --node, --json: the pool-changing commands' common options."""
+    p.add_argument("--size", required=True, metavar="SIZE", help="page size: 2M, 1G, 2048KiB")
+    p.add_argument("--count", required=True, type=int, metavar="N", help=count_help)
+    p.add_argument("--node", type=int, metavar="N", help=node_help)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
 def load(ctx: Any) -> Any:
     from hugexml.config import load_config
 

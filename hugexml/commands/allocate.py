@@ -11,13 +11,12 @@ EPILOG = """examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", required=True, metavar="SIZE", help="page size: 2M, 1G, 2048KiB")
-    p.add_argument("--count", required=True, type=int, metavar="N", help="pages to add")
-    p.add_argument("--node", type=int, metavar="N",
-                   help="host NUMA node (default: the nodes with the most free memory first)")
+    from hugexml.commands._alloc import add_pool_arguments
+
+    add_pool_arguments(p, "pages to add",
+                       "host NUMA node (default: the nodes with the most free memory first)")
     p.add_argument("--dry-run", action="store_true",
                    help="show where pages would go, change nothing")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:

@@ -11,11 +11,9 @@ EPILOG = """examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", required=True, metavar="SIZE", help="page size: 2M, 1G, 2048KiB")
-    p.add_argument("--count", required=True, type=int, metavar="N",
-                   help="pages to remove (at most)")
-    p.add_argument("--node", type=int, metavar="N", help="host NUMA node (default: any)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    from hugexml.commands._alloc import add_pool_arguments
+
+    add_pool_arguments(p, "pages to remove (at most)", "host NUMA node (default: any)")
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:

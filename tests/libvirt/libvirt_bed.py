@@ -1,13 +1,5 @@
 """The libvirt test bed's parts: daemons by PID, guests, mounts, pools, hugexml's state.
-Brought up as ../shared/docs/libvirt-testbed.md says (see conftest.py for the order).
-
-The module fixture ``testbed`` takes the real-host lock, refuses to touch a libvirt daemon
-it did not start, installs the hook with ``hugexml install-hook`` BEFORE starting the daemon
-(libvirt discovers hooks and hugetlbfs mounts only at daemon start), mounts 2M and 1G
-hugetlbfs, and starts the daemons with pid files. The hook runs with libvirt's environment
-(HOME, LC_ALL, PATH only), so it uses the real defaults /run/hugexml and
-/etc/hugexml/hugexml.conf: both are moved aside first and put back afterwards.
-Everything is stopped by PID. The function fixture ``bed`` resets the host between tests.
+How and in what order they are brought up and torn down: see conftest.py.
 """
 from __future__ import annotations
 
