@@ -170,25 +170,59 @@ class Allocator:
 
     def allocate_admin(self, size_kib: int, count: int, node: Optional[int] = None,
                        dry_run: bool = False) -> dict[str, Any]:
-        """Add ``count`` pages to the pools as an admin change (raises the baseline)."""
+        """Add ``count`` pages to the pools as an admin change (raises the baseline). A dry
+        run writes nothing on the host: no state dir, lock file, ledger or kernel write."""
         self._check_admin_args(size_kib, count)
-        with self._locked() as data:
+        with self._admin_session(dry_run) as data:
+            view = self._view(data, {size_kib})
+            return self._admin_grow(data, view, size_kib, count, node, dry_run)
+
+    def top_up_admin(self, size_kib: int, target: int, node: Optional[int] = None,
+                     dry_run: bool = False) -> dict[str, Any]:
+        """Grow the pool of ``node`` (None: the whole host) to ``target`` persistent pages,
+        counting every page the kernel has now (command line, sysctl, anyone's); never
+        shrinks. Read and grow under one lock, so a second run adds nothing."""
+        self._check_admin_args(size_kib, target)
+        with self._admin_session(dry_run) as data:
             view = self._view(data, {size_kib})
             if node is not None:
                 self._check_node(view, node, size_kib)
-                grow = {(node, size_kib): count}
-                check_margin(grow, view, self.margin, None)
+                have = view.pools[(node, size_kib)].persistent
             else:
-                grow = spread(view, size_kib, count, self.margin, None)
-            result: dict[str, Any] = {"size_kib": size_kib, "add": _counts(grow),
-                                      "dry_run": dry_run}
-            if dry_run:
-                return result  # nothing written: recovery, if any, runs again next time
+                have = sum(view.pools[(n, size_kib)].persistent for n in view.nodes)
+            need = max(0, target - have)
+            result = self._admin_grow(data, view, size_kib, need, node, dry_run)
+        return dict(result, pool_pages=have, target=target, adding=need)
+
+    @contextmanager
+    def _admin_session(self, dry_run: bool) -> Iterator[Ledger_t]:
+        """The ledger under the lock, or for a dry run a read-only copy (recovery and
+        expiry applied in memory only, nothing written)."""
+        if not dry_run:
+            with self._locked() as data:
+                yield data
+            return
+        data = self.ledger.read_shared()
+        self._begin(data)
+        yield data
+
+    def _admin_grow(self, data: Ledger_t, view: HostView, size_kib: int, count: int,
+                    node: Optional[int], dry_run: bool) -> dict[str, Any]:
+        if node is not None:
+            self._check_node(view, node, size_kib)
+            grow = {(node, size_kib): count} if count else {}
+            check_margin(grow, view, self.margin, None)
+        else:
+            grow = spread(view, size_kib, count, self.margin, None) if count else {}
+        result: dict[str, Any] = {"size_kib": size_kib, "add": _counts(grow), "dry_run": dry_run}
+        if dry_run:
+            return result  # nothing written: recovery, if any, runs again next time
+        if grow:
             self._grow(data, grow, view, "admin", None, None)
             for pool, pages in grow.items():
                 lg.bump(data["admin"], pool_key(*pool), pages)
             data["intent"] = None
-            self.ledger.write(data)
+        self.ledger.write(data)  # also keeps what recovery found
         return result
 
     def shrink_admin(self, size_kib: int, count: int, node: Optional[int] = None) -> dict[str, Any]:

@@ -15,8 +15,9 @@ Gigantic (1G) pages are reliable only from the command line: at runtime memory f
 ``--apply`` edits the boot entries with grubby where it exists; otherwise it prints the exact
 edit of /etc/default/grub and the command that regenerates grub.cfg (never written here).
 ``--apply-runtime`` is what hugexml-reserve.service runs early at boot: [boot] reserve of
-hugexml.conf through the allocator's admin path, per node, idempotent (it adds only what the
-ledger's admin pages for that pool lack).
+hugexml.conf through the allocator's admin path, per node: each item is the pool size to
+reach (pages already there, from the command line or sysctl, count), never shrunk, so it is
+idempotent.
 """
 from __future__ import annotations
 
@@ -307,29 +308,22 @@ def write_sysctl(root: HostRoot, text: str) -> str:
 # --- runtime: [boot] reserve through the allocator ---------------------------------------
 def apply_runtime(specs: Sequence[ReserveSpec], allocator: Any,
                   dry_run: bool = False) -> list[dict[str, Any]]:
-    """Add what the ledger's admin pages lack for each spec; errors are collected per spec
-    (the boot goes on), each as one line."""
+    """Each spec is a TARGET pool size: add what the pool lacks now (persistent pages the
+    kernel has on that node, or on the whole host without @NODE, read through the gateway:
+    the ledger in /run is empty at every boot and pages of the kernel command line or
+    sysctl count), never shrink. Errors are collected per spec (the boot goes on), each as
+    one line."""
     from hugexml.errors import HugexmlError
-    from hugexml.ledger import parse_pool_key
 
-    try:
-        admin = allocator.snapshot().get("admin", {})
-    except HugexmlError as exc:
-        return [{"spec": str(s), "error": str(exc)} for s in specs]
     results = []
     for spec in specs:
-        have = 0
-        for pk, pages in admin.items():
-            node, size_kib = parse_pool_key(pk)
-            if size_kib == spec.size_kib and (spec.node is None or node == spec.node):
-                have += int(pages)
-        need = max(0, spec.count - have)
-        row: dict[str, Any] = {"spec": str(spec), "admin_pages": have, "adding": need}
-        if need:
-            try:
-                row["result"] = allocator.allocate_admin(spec.size_kib, need, spec.node, dry_run)
-            except HugexmlError as exc:
-                row["error"] = str(exc)
+        row: dict[str, Any] = {"spec": str(spec)}
+        try:
+            done = allocator.top_up_admin(spec.size_kib, spec.count, spec.node, dry_run)
+        except HugexmlError as exc:
+            row["error"] = str(exc)
+        else:
+            row.update(pool_pages=done["pool_pages"], adding=done["adding"], add=done["add"])
         results.append(row)
     return results
 

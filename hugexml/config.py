@@ -34,8 +34,10 @@ DEFAULT_CONFIG_TEXT = """\
 # Retries after a short grant, and the time bound for all of them (seconds).
 #retries = 3
 #timeout = 30
-# Seconds to wait for the lock held by another hugexml.
-#lock_timeout = 30
+# Seconds to wait for the lock held by another hugexml (a guest start waits
+# behind another one's allocation): must be larger than timeout, since one try
+# of a slow 1G allocation can outlast it.
+#lock_timeout = 90
 
 [release]
 # release: give back the pages hugexml added for a guest when it stops.
@@ -67,7 +69,7 @@ class Config:
     drop_caches: bool = False
     retries: int = 3
     timeout_s: float = 30.0
-    lock_timeout_s: float = 30.0
+    lock_timeout_s: float = 90.0
     release_policy: str = "release"
     pending_timeout_s: float = 600.0
     boot_reserve: str = ""
@@ -169,7 +171,13 @@ def parse_config(text: str, path: str = "<config>") -> Config:
                 values[field] = parse(raw)
             except ValueError as exc:
                 raise ConfigError(path=path, key=f"[{section}] {key}", reason=str(exc)) from exc
-    return Config(**values)  # type: ignore[arg-type]
+    config = Config(**values)  # type: ignore[arg-type]
+    if config.lock_timeout_s <= config.timeout_s:
+        raise ConfigError(path=path, key="[allocation] lock_timeout",
+                          reason=f"{config.lock_timeout_s:g} s must be larger than [allocation] "
+                                 f"timeout ({config.timeout_s:g} s), or a start waiting behind "
+                                 "an allocation gives up first")
+    return config
 
 
 def load_config(path: str, explicit: bool = False) -> Config:

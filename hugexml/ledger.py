@@ -205,7 +205,7 @@ def add_event(data: Ledger_t, event: dict[str, Any]) -> None:
 class Ledger:
     """``<state_dir>/ledger.json`` and ``<state_dir>/lock``."""
 
-    def __init__(self, state_dir: str, lock_timeout_s: float = 30.0,
+    def __init__(self, state_dir: str, lock_timeout_s: float = 90.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, LEDGER_FILE)
@@ -254,22 +254,47 @@ class Ledger:
                          0o600)
         except OSError as exc:
             raise LedgerError(path=self.lock_path, reason=exc.strerror or str(exc)) from exc
+        try:
+            self._wait(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _wait(self, fd: int, mode: int) -> None:
+        """flock ``mode`` on ``fd`` within lock_timeout_s (LockTimeout); the caller closes."""
         deadline = time.monotonic() + max(0.0, self.lock_timeout_s)
         delay = 0.001
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                return
             except OSError as exc:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    os.close(fd)
                     raise LedgerError(path=self.lock_path, reason=exc.strerror or str(exc)) from exc
             left = deadline - time.monotonic()
             if left <= 0:
-                os.close(fd)
                 raise LockTimeout(path=self.lock_path, seconds=self.lock_timeout_s)
             time.sleep(min(delay, left))
             delay = min(delay * 2, 0.05)
+
+    def read_shared(self) -> Ledger_t:
+        """The ledger for a dry run, creating nothing: no state dir (then it is empty), no
+        lock file. When the lock file exists, a shared lock (bounded wait) keeps the read
+        from landing between a writer's kernel change and its commit."""
+        if not os.path.isdir(self.state_dir):
+            return empty_ledger()
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return self.read()
+        except OSError as exc:
+            raise LedgerError(path=self.lock_path, reason=exc.strerror or str(exc)) from exc
+        try:
+            self._wait(fd, fcntl.LOCK_SH)
+            return self.read()
+        finally:
+            os.close(fd)
 
     @property
     def holding_lock(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import time
 
 import pytest
 from allocfix import G1, M2, guest, make_config, plan
@@ -456,6 +457,46 @@ def test_lock_timeout(new_kernel, tmp_path):
         with pytest.raises(LockTimeout):
             alloc.reserve(plan("vm", (2, (0,), "strict")), guest("vm"))
     assert kernel.writes == []
+
+
+def test_a_start_waiting_behind_a_slow_grow_outlasts_it_with_the_default_ratio(tmp_path):
+    """One try of a slow 1G grow can outlast [allocation] timeout (the deadline is checked
+    between tries): the default lock wait, scaled down here, must cover it."""
+    import threading
+
+    from fakekernel import FakeKernel
+
+    from hugexml.config import Config
+
+    fk = FakeKernel(tmp_path / "root", nodes=1, mem_kib_per_node=64 * GIB)
+    fk.set_grant_delay(G1, 0.12)  # 4 pages: ~0.5 s in one write, beyond timeout_s
+    timeout_s = 0.3
+    lock_s = timeout_s * Config().lock_timeout_s / Config().timeout_s
+    state = str(tmp_path / "state")
+
+    def allocator():
+        return Allocator(fk.gateway(), state, make_config(timeout_s=timeout_s, retries=0,
+                                                          lock_timeout_s=lock_s))
+    errors: list = []
+
+    def big():
+        try:
+            allocator().reserve(plan("big", (4, (0,), "strict", G1)), guest("big"))
+        except Exception as exc:
+            errors.append(exc)
+    slow = threading.Thread(target=big)
+    slow.start()
+    deadline = time.monotonic() + 5
+    while not os.path.exists(os.path.join(state, "ledger.json")):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)  # the slow grow wrote its intent: it holds the lock, adds pages
+    try:
+        allocator().reserve(plan("small", (2, (0,), "strict")), guest("small"))
+    except Exception as exc:  # recorded, asserted below (after the slow grow ends)
+        errors.append(exc)
+    slow.join()
+    assert errors == []
+    assert fk.pool(0, G1).nr == 4 and fk.pool(0, M2).nr == 2
 
 
 def test_snapshot_needs_no_lock(new_kernel, tmp_path):

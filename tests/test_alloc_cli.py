@@ -59,6 +59,27 @@ def test_allocate_dry_run_then_real(kernel, tmp_path, capsys):
     assert json.loads(out)["add"] == {"1:2048": 8} and kernel.nr(1, M2) == 8
 
 
+def test_allocate_dry_run_writes_nothing_on_the_host(kernel, tmp_path, capsys):
+    state = tmp_path / "state"
+    assert not state.exists()
+    code, out = run("allocate", ["--size", "2M", "--count", "8", "--dry-run", "--json"],
+                    tmp_path, capsys)
+    assert code == 0 and sum(json.loads(out)["add"].values()) == 8
+    assert not state.exists()                   # no state dir, no lock file, no ledger
+    assert kernel.writes == []
+    if hasattr(kernel, "fk"):
+        assert kernel.fk.writes() == []         # the sysfs tree saw no write at all
+    # with a state dir and a ledger in place, a dry run still only reads them
+    run("allocate", ["--size", "2M", "--count", "2", "--node", "0"], tmp_path, capsys)
+    before = {p.name: p.read_bytes() for p in state.iterdir()}
+    writes = list(kernel.writes)
+    code, out = run("allocate", ["--size", "2M", "--count", "4", "--node", "1", "--dry-run"],
+                    tmp_path, capsys)
+    assert code == 0 and out.strip() == "would add: node 1: 4 x 2M"
+    assert {p.name: p.read_bytes() for p in state.iterdir()} == before
+    assert kernel.writes == writes
+
+
 def test_shrink_reports_what_it_could_not_take(kernel, tmp_path, capsys):
     run("allocate", ["--size", "2M", "--count", "6", "--node", "0"], tmp_path, capsys)
     kernel.map(0, M2, 2)

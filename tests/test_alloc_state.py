@@ -1,9 +1,23 @@
 """Hypothesis state machine: random interleavings of guest lifecycles, crashes and admin changes.
 
+"Others" (an admin's echo, another tool) also write nr_hugepages behind hugexml's back
+(``external_admin_write``): the model keeps ``outside``, the pages that are not hugexml's
+(found at start, plus external growth, minus external shrinks of free unclaimed pages).
+Others shrink only their own free pages: a shrink that takes a page hugexml added, followed
+by a grow before any reconcile, leaves counts the kernel cannot tell apart from no change
+at all (pages have no owner in sysfs), so no bookkeeping could attribute it.
+
 Invariants after every step:
-- the kernel's pages in every pool = the pool hugexml found + what the ledger says hugexml
-  holds there (added for guests, admin pages, kept, owed back): no page leaked or lost;
-- the baseline recorded for a pool is what was there before hugexml: never shrunk;
+- hugexml never frees a page it did not add: the pages the ledger says hugexml holds in a
+  pool are at most the kernel's pages minus ``outside``, so every page added by others
+  survives every later release, expire, reconcile and admin shrink;
+- no page leaked: with no external shrink on a pool, kernel pages = ``outside`` + hugexml's
+  ledger pages exactly; after external shrinks hugexml may only under-count its own pages,
+  by at most what was shrunk (it charges an unexplained deficit to itself first);
+- reconcile reports exactly the difference between the kernel and the ledger in every pool
+  it tracks (unexplained growth joins the baseline, a deficit is clamped), and afterwards
+  the ledger explains the kernel; it never changes a live guest's claim;
+- the baseline recorded for a pool is never above the pages that are not hugexml's;
 - no surplus page ever appears: hugexml never asked the kernel to shrink below the pages in
   use or reserved (which is how a running guest's pages would be "taken");
 - every pending guest's promised pages are free right now, so it can map them when it starts;
@@ -38,6 +52,19 @@ demand_item = st.tuples(
 )
 
 
+def deficit_rank(data: lg.Ledger_t, bucket: str) -> int:
+    """Where a bucket comes in the order a deficit is charged (recovery.deficit_order)."""
+    if bucket.startswith("guest:"):
+        return 1 if data["guests"][bucket[6:]]["state"] == "releasing" else 3
+    return {"unreleased": 0, "kept": 2, "admin": 4, "baseline": 5}[bucket]
+
+
+def bucket_count(data: lg.Ledger_t, bucket: str, pk: str) -> int:
+    if bucket.startswith("guest:"):
+        return lg.count(data["guests"][bucket[6:]]["added"], pk)
+    return lg.count(data[bucket], pk)
+
+
 class AllocatorMachine(RuleBasedStateMachine):
     KIND = "sim"  # the in-memory SimKernel; FakeKernelMachine: sysfs tree + real HostGateway
 
@@ -53,7 +80,10 @@ class AllocatorMachine(RuleBasedStateMachine):
         self.kernel.set(1, G1, persistent=1)
         self.kernel.set(2, M2, cap=30)  # fragmentation: node 2 grants 30 more pages
         self.kernel.set(0, G1, cap=2)
-        self.init = {pool: p.persistent for pool, p in self.kernel.pools.items()}
+        # pages that are not hugexml's, and how many of them others use, per pool
+        self.outside = {pool: p.persistent for pool, p in self.kernel.pools.items()}
+        self.outside_used = {pool: p.used for pool, p in self.kernel.pools.items()}
+        self.shrunk = dict.fromkeys(self.outside, 0)  # pages others shrank, per pool
         self.config = make_config(margin_min_kib=GIB, margin_percent=5, retries=1)
         self.alloc = self.new_process()
         self.state = dict.fromkeys(GUESTS, "stopped")  # stopped | pending | active
@@ -145,7 +175,71 @@ class AllocatorMachine(RuleBasedStateMachine):
 
     @rule()
     def reconcile(self) -> None:
-        self.alloc.reconcile()
+        self.checked_reconcile()
+
+    def checked_reconcile(self) -> dict:
+        """reconcile, checking its report against the ledger and the kernel before it ran."""
+        before = self.ledger()
+        claims = {g: dict(r["claimed"]) for g, r in before["guests"].items()
+                  if r["state"] in ("pending", "active")}
+        pools = self.kernel.pools
+        gaps = {pk: pools[lg.parse_pool_key(pk)].persistent - lg.expected_pages(before, pk)
+                for pk in lg.pools_in(before)}
+        report = self.alloc.reconcile()
+        grown, clamped = report.get("unexplained_growth", {}), report.get("clamped", {})
+        for pk, gap in gaps.items():
+            assert grown.get(pk, 0) == max(gap, 0), (pk, gap, report)
+            assert sum(clamped.get(pk, {}).values()) == max(-gap, 0), (pk, gap, report)
+        assert set(grown) | set(clamped) <= {pk for pk, gap in gaps.items() if gap}, report
+        for pk, taken in clamped.items():  # a deficit is hugexml's first: owed back, kept,
+            names = list(taken)            # guests', admin; others' pages (baseline) last
+            assert names == sorted(names, key=lambda b: deficit_rank(before, b)), (pk, report)
+            for name in names[:-1]:
+                assert taken[name] == bucket_count(before, name, pk), (pk, name, report)
+            if "baseline" in taken:
+                assert sum(taken.values()) - taken["baseline"] == lg.hugexml_pages(before, pk)
+        after = self.ledger()
+        for g, claimed in claims.items():  # a live guest's promise survives any difference
+            assert after["guests"][g]["claimed"] == claimed, (g, report)
+        for pk in lg.pools_in(after):  # the ledger explains the kernel again
+            pool = lg.parse_pool_key(pk)
+            nr = self.kernel.pools[pool].persistent
+            assert lg.expected_pages(after, pk) == nr, (pk, report)
+            if not self.shrunk[pool]:
+                assert lg.count(after["baseline"], pk) == self.outside[pool], (pk, report)
+        return report
+
+    # --- others write nr_hugepages behind hugexml's back ---------------------------------
+    @rule(node=st.integers(0, NODES - 1), size=st.sampled_from(SIZES),
+          delta=st.integers(-12, 12), reconcile_now=st.booleans())
+    def external_admin_write(self, node: int, size: int, delta: int,
+                             reconcile_now: bool) -> None:
+        """``echo N > .../nodeN/hugepages/hugepages-SkB/nr_hugepages`` by someone else: grow,
+        or shrink by free pages that are neither claimed by a pending guest nor hugexml's."""
+        pool, pk = (node, size), lg.pool_key(node, size)
+        p, data = self.kernel.pools[pool], self.ledger()
+        if delta < 0:  # others shrink only their own free pages that nobody was promised
+            spare = min(p.free - p.resv - lg.pending_claims(data, pk),
+                        self.outside[pool] - self.outside_used[pool])
+            delta = -min(-delta, max(spare, 0))
+        if delta == 0:
+            return
+        nr = p.persistent  # SimKernel's pools are live objects: keep the count
+        gap_before = nr - lg.expected_pages(data, pk)
+        self.kernel.gw.set_node_nr(node, size, nr + delta)  # as the admin's echo
+        after = self.kernel.pools[pool]
+        assert after.surplus == 0
+        changed = after.persistent - nr  # the kernel may grant fewer (cap, memory)
+        assert changed == delta if delta < 0 else 0 <= changed <= delta
+        self.outside[pool] += changed
+        self.shrunk[pool] += max(0, -changed)
+        if reconcile_now and changed:
+            tracked = pk in lg.pools_in(self.ledger())
+            report = self.checked_reconcile()
+            if tracked:
+                gap = gap_before + changed
+                assert report.get("unexplained_growth", {}).get(pk, 0) == max(gap, 0), report
+                assert sum(report.get("clamped", {}).get(pk, {}).values()) == max(-gap, 0)
 
     # --- invariants ----------------------------------------------------------------------
     @invariant()
@@ -154,9 +248,13 @@ class AllocatorMachine(RuleBasedStateMachine):
         assert data["intent"] is None
         for pool, p in self.kernel.pools.items():
             pk = lg.pool_key(*pool)
-            assert p.persistent == self.init[pool] + lg.hugexml_pages(data, pk), pk
-            if pk in data["baseline"]:
-                assert data["baseline"][pk] == self.init[pool], f"baseline of {pk} changed"
+            mine = p.persistent - self.outside[pool]  # what hugexml really holds there
+            assert mine >= 0, f"{pk}: hugexml freed {-mine} pages it did not add"
+            held = lg.hugexml_pages(data, pk)
+            assert held <= mine, f"{pk}: the ledger claims {held} pages, hugexml added {mine}"
+            assert held >= mine - self.shrunk[pool], f"{pk}: {mine - held} pages leaked"
+            if pk in data["baseline"] and not self.shrunk[pool]:
+                assert data["baseline"][pk] <= self.outside[pool], f"baseline of {pk} grew"
 
     @invariant()
     def nothing_taken_from_users(self) -> None:

@@ -148,30 +148,83 @@ def test_sysctl_snippet_only_for_the_default_size_on_the_whole_host(tmp_path):
     assert Path(path).read_text() == "vm.nr_hugepages = 8\n"
 
 
-class FakeAllocator:
-    def __init__(self, admin, fail_sizes=()):
-        self.admin, self.calls, self.fail_sizes = admin, [], fail_sizes
+def fake_allocator(tmp_path, state="state", **config):
+    from allocfix import make_config
+    from fakekernel import FakeKernel
 
-    def snapshot(self):
-        return {"admin": self.admin}
+    from hugexml.alloc import Allocator
 
-    def allocate_admin(self, size_kib, count, node=None, dry_run=False):
-        from hugexml.errors import InsufficientPages
-
-        if size_kib in self.fail_sizes:
-            raise InsufficientPages(domain="(admin)", node=node, size_kib=size_kib, needed=count,
-                                    available=0, possible=0, detail="fragmented")
-        self.calls.append((size_kib, count, node, dry_run))
-        return {"add": {f"{node or 0}:{size_kib}": count}}
+    kernel = FakeKernel(tmp_path / "root", nodes=2)
+    return kernel, Allocator(kernel.gateway(), str(tmp_path / state), make_config(**config))
 
 
-def test_apply_runtime_adds_only_what_the_admin_pages_lack_and_goes_on_after_a_failure():
-    alloc = FakeAllocator({"0:2048": 100, "1:2048": 512, "0:1048576": 1}, fail_sizes=(G1,))
-    specs = boot.parse_specs(["2M:512@0 2M:512@1 1G:4"])
+def pools(kernel):
+    return {(n, s): kernel.pool(n, s).nr for n in (0, 1) for s in (M2, G1)}
+
+
+def test_apply_runtime_counts_pages_the_kernel_already_has_with_an_empty_ledger(tmp_path):
+    # The command line reserved the pools at boot; the ledger (in /run) is empty.
+    kernel, alloc = fake_allocator(tmp_path)
+    kernel.preset(0, M2, 512)
+    kernel.preset(1, G1, 2)
+    specs = boot.parse_specs(["2M:512@0 1G:4@1"])
     rows = boot.apply_runtime(specs, alloc)
-    assert alloc.calls == [(M2, 412, 0, False)]          # node 1 already has its 512
-    assert [r["adding"] for r in rows] == [412, 0, 3]
-    assert "error" in rows[2] and "fragmented" in rows[2]["error"]
+    assert [(r["pool_pages"], r["adding"]) for r in rows] == [(512, 0), (2, 2)]
+    assert rows[1]["add"] == {"1:1048576": 2}
+    assert pools(kernel) == {(0, M2): 512, (0, G1): 0, (1, M2): 0, (1, G1): 4}
+    writes = kernel.writes()
+    # a second run (the service restarted) adds nothing and writes nothing
+    rows = boot.apply_runtime(specs, alloc)
+    assert [(r["pool_pages"], r["adding"]) for r in rows] == [(512, 0), (4, 0)]
+    assert kernel.writes() == writes and pools(kernel)[(1, G1)] == 4
+
+
+def test_apply_runtime_without_node_targets_the_whole_host_and_never_shrinks(tmp_path):
+    kernel, alloc = fake_allocator(tmp_path)
+    kernel.preset(0, M2, 300)
+    kernel.preset(1, M2, 200)
+    kernel.preset(0, G1, 3)
+    rows = boot.apply_runtime(boot.parse_specs(["2M:600 1G:1@0"]), alloc)
+    assert [(r["pool_pages"], r["adding"]) for r in rows] == [(500, 100), (3, 0)]
+    assert kernel.pool(0, M2).nr + kernel.pool(1, M2).nr == 600
+    assert kernel.pool(0, G1).nr == 3                     # a smaller target shrinks nothing
+    assert alloc.snapshot()["admin"] == rows[0]["add"]    # only what was added is admin's
+
+
+def test_apply_runtime_goes_on_after_a_failed_item(tmp_path):
+    kernel, alloc = fake_allocator(tmp_path)
+    rows = boot.apply_runtime(boot.parse_specs(["1G:1@7 2M:16@1"]), alloc)
+    assert "error" in rows[0] and "7" in rows[0]["error"]
+    assert rows[1]["adding"] == 16 and kernel.pool(1, M2).nr == 16
+
+
+def test_apply_runtime_dry_run_writes_nothing(tmp_path):
+    kernel, alloc = fake_allocator(tmp_path, state="fresh/state")
+    kernel.preset(1, G1, 1)
+    writes = kernel.writes()
+    rows = boot.apply_runtime(boot.parse_specs(["1G:4@1"]), alloc, dry_run=True)
+    assert (rows[0]["pool_pages"], rows[0]["adding"]) == (1, 3)
+    assert kernel.writes() == writes and kernel.pool(1, G1).nr == 1
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_command_apply_runtime_reads_the_config_and_tops_up(tmp_path, monkeypatch, capsys):
+    from hugexml.commands import _alloc
+
+    kernel, _ = fake_allocator(tmp_path)
+    kernel.preset(0, M2, 512)
+    monkeypatch.setattr(_alloc, "MAKE_GATEWAY", lambda root: kernel.gateway())
+    conf = tmp_path / "hugexml.conf"
+    conf.write_text("[allocation]\nmargin_min = 0\n[boot]\nreserve = 2M:512@0 1G:4@1\n")
+    state = str(tmp_path / "state")
+    for _ in range(2):
+        assert run_command(["--apply-runtime"], kernel.host_root, str(conf), state) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["2M:512@0: already reserved (512 pages in the pool)",
+                   "1G:4@1: added 4 (the pool had 0)",
+                   "2M:512@0: already reserved (512 pages in the pool)",
+                   "1G:4@1: already reserved (4 pages in the pool)"]
+    assert pools(kernel) == {(0, M2): 512, (0, G1): 0, (1, M2): 0, (1, G1): 4}
 
 
 def run_command(argv, root, config=None, state="/nonexistent-state"):

@@ -15,7 +15,7 @@ GIB_KIB = 1024 * 1024
 
 def test_defaults():
     assert Config() == Config(margin_min_kib=GIB_KIB, margin_percent=5.0, compact=True,
-                              drop_caches=False, retries=3, timeout_s=30.0, lock_timeout_s=30.0,
+                              drop_caches=False, retries=3, timeout_s=30.0, lock_timeout_s=90.0,
                               release_policy="release", pending_timeout_s=600.0,
                               boot_reserve="", hook_log="syslog")
     assert parse_config("") == Config()
@@ -58,7 +58,8 @@ GOOD = [
     ("allocation", "retries", "0", "retries", 0),
     ("allocation", "retries", "100", "retries", 100),
     ("allocation", "timeout", "2.5", "timeout_s", 2.5),
-    ("allocation", "lock_timeout", "0", "lock_timeout_s", 0.0),
+    ("allocation", "lock_timeout", "120", "lock_timeout_s", 120.0),
+    ("allocation", "lock_timeout", "30.5", "lock_timeout_s", 30.5),
     ("release", "policy", "keep", "release_policy", "keep"),
     ("release", "policy", "RELEASE", "release_policy", "release"),
     ("claims", "pending_timeout", "60", "pending_timeout_s", 60.0),
@@ -193,3 +194,24 @@ def test_binary_and_unreadable_files(tmp_path):
         load_config(str(path))
     with pytest.raises(ConfigError, match="file: Is a directory"):
         load_config(str(tmp_path), explicit=False)  # an OSError other than ENOENT
+
+
+def test_the_default_lock_wait_outlasts_the_allocation_budget():
+    # A start waiting for the lock behind a slow 1G grow must not give up before it ends.
+    assert Config().lock_timeout_s > Config().timeout_s
+    assert parse_config("[allocation]\ntimeout = 60\nlock_timeout = 61\n").lock_timeout_s == 61
+
+
+@pytest.mark.parametrize("text", [
+    "[allocation]\nlock_timeout = 30\n",            # = the default timeout
+    "[allocation]\nlock_timeout = 0\n",
+    "[allocation]\ntimeout = 90\n",                 # = the default lock_timeout
+    "[allocation]\ntimeout = 100\nlock_timeout = 50\n",
+])
+def test_a_lock_wait_not_above_the_timeout_is_one_line_naming_both_keys(text):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "/etc/hugexml/hugexml.conf")
+    msg = str(info.value)
+    assert msg.startswith("config /etc/hugexml/hugexml.conf: [allocation] lock_timeout: ")
+    assert "[allocation] timeout" in msg and "must be larger" in msg
+    assert "\n" not in msg and len(msg) < 200 and info.value.exit_code == 2

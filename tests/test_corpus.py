@@ -56,22 +56,57 @@ def backend_id(c: Any, backends: dict, seen: dict) -> str:
     return ids[n] if n < len(ids) else f"{prefix}?"
 
 
-@pytest.mark.parametrize("args_path", ARGS, ids=[p.name.split(".")[0] for p in ARGS])
-def test_args_case(args_path: Path) -> None:
-    xml = CORPUS / (args_path.name.split(".")[0] + ".xml")
-    plan = plan_xml(xml.read_bytes(), HOST, xml.name)
-    backends = libvirt_backends(args_path.read_text())
+def check_plan_against_args(plan: Any, args_text: str) -> None:
+    """Both directions: every consumer matches its libvirt backend, and every memory backend
+    libvirt created (memory-backend-file/-memfd/-ram) is matched by exactly one consumer."""
+    backends = libvirt_backends(args_text)
+    assert len(backends) == args_text.count('"qom-type":"memory-backend'), "unparsed backend"
     seen: dict[str, int] = {}
+    matched: dict[str, int] = {}
     for c in plan.consumers:
         bid = backend_id(c, backends, seen)
         if bid not in backends:
             # libvirt emits no backend object for plain RAM without a binding
             assert c.page_size_kib is None, (bid, c)
             continue
+        matched[bid] = matched.get(bid, 0) + 1
         page, pages, nodes = backends[bid]
         # restrictive mode binds through cgroup cpuset.mems, not the backend's host-nodes
         want_nodes = None if c.policy == "restrictive" else c.host_nodes
         assert (c.page_size_kib, c.pages, want_nodes) == (page, pages, nodes), bid
+    unmatched = sorted(set(backends) - set(matched))
+    assert not unmatched, f"libvirt backends the plan has no consumer for: {unmatched}"
+    twice = sorted(b for b, n in matched.items() if n != 1)
+    assert not twice, f"backends claimed by more than one consumer: {twice}"
+    if "pc.ram" in backends:
+        # the whole guest RAM as one -machine memory-backend: the plan's single 'memory'
+        assert "memory-backend=pc.ram" in args_text
+        assert [c.kind for c in plan.consumers] == ["memory"]
+
+
+@pytest.mark.parametrize("args_path", ARGS, ids=[p.name.split(".")[0] for p in ARGS])
+def test_args_case(args_path: Path) -> None:
+    xml = CORPUS / (args_path.name.split(".")[0] + ".xml")
+    plan = plan_xml(xml.read_bytes(), HOST, xml.name)
+    check_plan_against_args(plan, args_path.read_text())
+
+
+@pytest.mark.parametrize("name, kind", [("memory-hotplug-multiple", "virtio-mem"),
+                                        ("memory-hotplug-multiple", "nvdimm"),
+                                        ("memory-hotplug-dimm", "dimm"),
+                                        ("hugepages-numa-nodeset", "cell")])
+def test_a_dropped_consumer_is_caught(name: str, kind: str) -> None:
+    """The reverse check can fail: a plan missing one device/cell does not match the .args."""
+    import dataclasses
+
+    plan = plan_xml((CORPUS / (name + ".xml")).read_bytes(), HOST, name)
+    last = max(i for i, c in enumerate(plan.consumers) if c.kind == kind)
+    dropped = dataclasses.replace(
+        plan, consumers=plan.consumers[:last] + plan.consumers[last + 1:])
+    args_text = next(CORPUS.glob(name + ".*.args")).read_text()
+    check_plan_against_args(plan, args_text)
+    with pytest.raises(AssertionError, match="no consumer for"):
+        check_plan_against_args(dropped, args_text)
 
 
 ERRS = sorted(CORPUS.glob("*.err"))

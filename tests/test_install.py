@@ -339,3 +339,66 @@ def test_installed_tree_is_self_contained(root, tmp_path):
     proc = subprocess.run([str(copy), "vm1", "stopped", "end", "-"], cwd="/",
                           capture_output=True, timeout=60, check=False)
     assert proc.returncode == 0
+
+
+# --- --root before or after the command (issue 4: ``install-hook [--root DIR] [--legacy]``) ---
+@pytest.fixture
+def decoy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where an ignored --root would land instead of the real /etc (env HUGEXML_ROOT)."""
+    base = tmp_path / "decoy"
+    (base / "proc").mkdir(parents=True)
+    (base / "proc" / "stat").write_text("cpu  1 2 3\nbtime 1700000000\n")
+    monkeypatch.setenv("HUGEXML_ROOT", str(base))
+    return base
+
+
+def etc_files(base: Path) -> list[str]:
+    return sorted(str(p.relative_to(base)) for p in (base / "etc").rglob("*")) \
+        if (base / "etc").exists() else []
+
+
+@pytest.mark.parametrize("legacy_mode", [False, True], ids=["dropin", "legacy"])
+@pytest.mark.parametrize("where", ["global", "after-command"])
+def test_cli_root_before_or_after_the_command(root, decoy, capsys, where, legacy_mode):
+    from hugexml.cli import main
+
+    def argv(command: str, *opts: str) -> list[str]:
+        if where == "global":
+            return ["--root", root.base, command, *opts]
+        return [command, "--root", root.base, *opts]
+
+    target = legacy(root) if legacy_mode else dropin(root)
+    assert main(argv("install-hook", *(["--legacy"] if legacy_mode else []), "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["installed"] == str(target)
+    assert target.is_file() and os.access(target, os.X_OK)
+    assert main(argv("uninstall-hook", "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] == [f"removed {target}"]
+    assert not target.exists()
+    assert etc_files(decoy) == []
+
+
+def test_the_commands_root_wins_over_the_global_one(root, decoy, capsys):
+    from hugexml.cli import build_parser, main
+
+    assert main(["--root", str(decoy), "install-hook", "--root", root.base, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["installed"] == str(dropin(root))
+    assert etc_files(decoy) == []
+    assert main(["--root", str(decoy), "uninstall-hook", "--root", root.base]) == 0
+    assert capsys.readouterr().out.strip() == f"removed {dropin(root)}"
+    # absent after the command, the global value is kept (argparse.SUPPRESS, not None)
+    assert build_parser().parse_args(["--root", "/x", "install-hook"]).root == "/x"
+    assert build_parser().parse_args(["--root", "/x", "uninstall-hook"]).root == "/x"
+
+
+def test_run_uses_the_commands_root_over_ctx_root(root, decoy, capsys):
+    """run() itself honours args.root, whatever root the context was built with."""
+    from hugexml.commands import install_hook, uninstall_hook
+
+    ctx = ctx_for(HostRoot(str(decoy)))
+    args = argparse.Namespace(root=root.base, legacy=False, python=None, json=True)
+    assert install_hook.run(args, ctx) == 0
+    assert json.loads(capsys.readouterr().out)["installed"] == str(dropin(root))
+    assert etc_files(decoy) == []
+    args = argparse.Namespace(root=root.base, force=False, json=True)
+    assert uninstall_hook.run(args, ctx) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] == [f"removed {dropin(root)}"]

@@ -25,8 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="vm.nr_hugepages for the default size in /etc/sysctl.d/80-hugexml.conf "
                         "(runtime, for hosts that do not reboot; whole host, no per-node form)")
     p.add_argument("--apply-runtime", action="store_true",
-                   help="reserve [boot] reserve of hugexml.conf now, per node, through the "
-                        "allocator (adds only what is missing)")
+                   help="grow the pools to [boot] reserve of hugexml.conf now, per node, through "
+                        "the allocator (adds only what the pools lack; never shrinks)")
     p.add_argument("--dry-run", action="store_true", help="with --apply-runtime: change nothing")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -109,8 +109,8 @@ def _runtime(args: argparse.Namespace, ctx: Any) -> int:
             if "error" in row:
                 print(f"{row['spec']}: FAILED: {row['error']}")
             elif row["adding"] == 0:
-                print(f"{row['spec']}: already reserved ({row['admin_pages']} admin pages)")
+                print(f"{row['spec']}: already reserved ({row['pool_pages']} pages in the pool)")
             else:
                 verb = "would add" if args.dry_run else "added"
-                print(f"{row['spec']}: {verb} {row['adding']}")
+                print(f"{row['spec']}: {verb} {row['adding']} (the pool had {row['pool_pages']})")
     return 1 if any("error" in row for row in results) else 0

@@ -9,10 +9,28 @@ HELP = "install the libvirt qemu hook (qemu.d/hugexml, or a legacy qemu dispatch
 EPILOG = """examples:
   hugexml install-hook                  # /etc/libvirt/hooks/qemu.d/hugexml, this Python
   hugexml install-hook --legacy         # /etc/libvirt/hooks/qemu, keeps an admin hook
-  hugexml install-hook --python /usr/bin/python3 --json"""
+  hugexml install-hook --python /usr/bin/python3 --json
+  hugexml install-hook --root /srv/image  # into an image tree (same as hugexml --root DIR)"""
+
+ROOT_HELP = ("host root to work under, the same as hugexml's global --root "
+             "(env HUGEXML_ROOT); may be given after the command")
+
+
+def add_root_argument(p: argparse.ArgumentParser) -> None:
+    """``--root DIR`` after the command; SUPPRESS keeps the global option's value when absent."""
+    p.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS, help=ROOT_HELP)
+
+
+def command_root(args: argparse.Namespace, ctx: Any) -> Any:
+    """The root the command works under: its own --root when given, else the global one."""
+    from hugexml.root import HostRoot
+
+    given = getattr(args, "root", None)
+    return HostRoot(given) if given else ctx.root
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_root_argument(p)
     p.add_argument("--legacy", action="store_true",
                    help="single-file /etc/libvirt/hooks/qemu (libvirt < 6.5); an existing "
                         "admin hook is kept as qemu.hugexml-orig and runs first")
@@ -34,7 +52,7 @@ def restart_lines(daemons: list[dict[str, Any]], why: str = "discovers hooks") -
 def run(args: argparse.Namespace, ctx: Any) -> int:
     from hugexml.install import install_hook
 
-    result = install_hook(ctx.root, legacy=args.legacy, python=args.python)
+    result = install_hook(command_root(args, ctx), legacy=args.legacy, python=args.python)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
         return 0

@@ -6,20 +6,25 @@ import json
 from typing import Any
 
 HELP = "remove the hugexml qemu hook (only files hugexml wrote; restores a legacy admin hook)"
-EPILOG = "example: hugexml uninstall-hook --json"
+EPILOG = """examples:
+  hugexml uninstall-hook --json
+  hugexml uninstall-hook --root /srv/image   # same as hugexml --root /srv/image uninstall-hook"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from hugexml.commands.install_hook import add_root_argument
+
+    add_root_argument(p)
     p.add_argument("--force", action="store_true",
                    help="also remove a hugexml hook file that was edited since it was installed")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
-    from hugexml.commands.install_hook import restart_lines
+    from hugexml.commands.install_hook import command_root, restart_lines
     from hugexml.install import uninstall_hook
 
-    result = uninstall_hook(ctx.root, force=args.force)
+    result = uninstall_hook(command_root(args, ctx), force=args.force)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
         return 0
