@@ -324,6 +324,19 @@ def mount_problem(root: HostRoot, state_dir: str, size_kib: int, *,
     return None
 
 
+def mount_problems(root: HostRoot, state_dir: str, sizes_kib: Sequence[int], *,
+                   mount_missing: bool = False) -> list[str]:
+    """``mount_problem`` for several page sizes, reading the mount table and scanning
+    /proc for the daemon once (the hook's prepare: every guest start with hugepages)."""
+    if not sizes_kib:
+        return []
+    mounts = list_mounts(root)
+    daemons = find_daemons(root, quick=True)
+    problems = (mount_problem(root, state_dir, size_kib, mounts=mounts, daemons=daemons,
+                              mount_missing=mount_missing) for size_kib in sizes_kib)
+    return [p for p in problems if p]
+
+
 def _mount_now(root: HostRoot, state_dir: str, size_kib: int,
                setting: Optional[list[str]]) -> tuple[Optional[Mount], str]:
     """(the mount made, "") or (None, " (mounting it failed: ...)")."""

@@ -82,8 +82,6 @@ class Doctor:
             return fn()
         except HugexmlError as exc:
             return Check(name, FAIL, str(exc))
-        except ImportError as exc:
-            return Check(name, SKIP, f"not available: {exc}")
 
     def _who(self, size_kib: int, file_only: bool = False) -> str:
         names = sorted((self.file_needs if file_only else self.needs).get(size_kib, ()))

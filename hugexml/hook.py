@@ -203,17 +203,6 @@ def _fmt_counts(result: Any) -> str:
     return str(result)
 
 
-def _check_page_sizes(plan: Plan, host: HostInfo) -> None:
-    from hugexml.errors import UnsupportedPageSize
-
-    for consumer in plan.consumers:
-        size_kib = consumer.page_size_kib
-        if size_kib is not None and size_kib not in host.page_sizes_kib:
-            raise UnsupportedPageSize(
-                domain=plan.domain, size_kib=size_kib,
-                supported=", ".join(f"{s} KiB" for s in host.page_sizes_kib) or "none")
-
-
 def _check_mounts(call: Call, plan: Plan) -> None:
     """Each file-backed size needs a hugetlbfs mount the running daemon knows about.
 
@@ -224,13 +213,12 @@ def _check_mounts(call: Call, plan: Plan) -> None:
     sizes = plan.file_backed_sizes_kib
     if not sizes:
         return
+    from hugexml.daemon import mount_problems
     from hugexml.errors import MountMissing
-    from hugexml.mounts import mount_problem
 
-    for size_kib in sizes:
-        problem = mount_problem(call.root, call.state_dir, size_kib, mount_missing=True)
-        if problem:
-            raise MountMissing(domain=plan.domain, reason=problem)
+    problems = mount_problems(call.root, call.state_dir, sizes, mount_missing=True)
+    if problems:
+        raise MountMissing(domain=plan.domain, reason=problems[0])
 
 
 def _prepare(call: Call) -> int:
@@ -239,11 +227,10 @@ def _prepare(call: Call) -> int:
         return 0
     from hugexml.plan import plan_xml
 
-    host = call.host_info()
-    plan = plan_xml(data, host, f"domain '{call.name}' XML")
+    # With a host, the plan itself rejects page sizes and nodes this host lacks.
+    plan = plan_xml(data, call.host_info(), f"domain '{call.name}' XML")
     if not plan.hugepages:
         return 0
-    _check_page_sizes(plan, host)
     _check_mounts(call, plan)
     added = call.allocator().reserve(plan, call.guest())
     call.log(f"demand {_fmt_demand(plan)}; {_fmt_counts(added)}; claim pending")
@@ -282,7 +269,7 @@ def _filter(call: Call) -> int:
     data = call.xml()
     out = data
     if mentions_hugepages(data):
-        from hugexml.mounts import libvirt_visible_sizes
+        from hugexml.daemon import libvirt_visible_sizes
         from hugexml.rewrite import refit_for_host
 
         result = refit_for_host(data, call.host_info(),

@@ -12,10 +12,10 @@ size on hugetlbfs) and recorded, with the kernel's own time of the mount (the ct
 fresh file system's root inode), in ``<state_dir>/mounts.json``: libvirt learns mounts only
 when its daemon starts, and hugexml.daemon compares the two times.
 
-``mount_problem`` and ``libvirt_visible_sizes`` are what the hook calls; they live in
-hugexml.daemon (qemu.conf, the running daemon) and are imported from there lazily, as is
-hugexml.mountunits (systemd unit / fstab persistence). This module imports only the
-standard library and hugexml's small shared modules: the hook loads it on prepare.
+What the running daemon can see (qemu.conf, daemon start times) is hugexml.daemon's;
+hugexml.mountunits persists mounts (systemd unit / fstab) and is imported lazily. This
+module imports only the standard library and hugexml's small shared modules: the hook
+loads it on prepare.
 """
 from __future__ import annotations
 
@@ -336,15 +336,3 @@ def persist_unit(size_kib: int, path: str, unit_dir: str) -> str:
 
 
 # --- what the hook calls (implemented in hugexml.daemon) ---------------------------------
-def mount_problem(root: HostRoot, state_dir: str, size_kib: int, **kwargs: Any) -> Optional[str]:
-    """One line when the running libvirt daemon has no usable mount of this size."""
-    from hugexml.daemon import mount_problem as impl
-
-    return impl(root, state_dir, size_kib, **kwargs)
-
-
-def libvirt_visible_sizes(root: HostRoot, state_dir: str, **kwargs: Any) -> set[int]:
-    """Page sizes the running libvirt daemon has a hugetlbfs mount for."""
-    from hugexml.daemon import libvirt_visible_sizes as impl
-
-    return impl(root, state_dir, **kwargs)

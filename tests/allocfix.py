@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from types import SimpleNamespace
 from typing import Any, Optional
 
 import pytest
@@ -13,17 +12,11 @@ from hugexml.model import DemandItem, GuestId, Plan
 M2 = 2048
 G1 = 1048576
 
-DEFAULTS = dict(margin_min_kib=1048576, margin_percent=5.0, compact=True, drop_caches=False,
-                retries=3, timeout_s=30.0, lock_timeout_s=5.0, release_policy="release",
-                pending_timeout_s=600.0, boot_reserve="", hook_log="none")
-
 
 def make_config(**over: Any) -> Any:
     """The real Config (defaults from load_config) with fields replaced."""
-    try:
-        from hugexml.config import load_config
-    except ImportError:  # the config module arrives with the host helper's work
-        return SimpleNamespace(**dict(DEFAULTS, **over))
+    from hugexml.config import load_config
+
     base = load_config("/nonexistent/hugexml.conf", False)
     return dataclasses.replace(base, **over)
 

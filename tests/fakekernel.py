@@ -327,6 +327,18 @@ class FakeSysIO(SysIO):
             raise PermissionError(errno.EACCES, "Permission denied", path)
 
 
+def write_hugetlbfs_mounts(base: Any, table: dict[str, str]) -> None:
+    """``<base>/proc/self/mounts`` listing hugetlbfs ``{path: pagesize option}`` (e.g.
+    ``{"/dev/hugepages1G": "1024M"}``, as the kernel prints it); the mount points exist."""
+    rows = ["proc /proc proc rw 0 0"]
+    for path, size in table.items():
+        rows.append(f"hugetlbfs {path} hugetlbfs rw,relatime,pagesize={size} 0 0")
+        os.makedirs(os.path.join(str(base), path.lstrip("/")), exist_ok=True)
+    os.makedirs(os.path.join(str(base), "proc/self"), exist_ok=True)
+    with open(os.path.join(str(base), "proc/self/mounts"), "w", encoding="utf-8") as fh:
+        fh.write("\n".join(rows) + "\n")
+
+
 class FakeKernel:
     """Builds the tree and offers what a test needs to play host and guest."""
 

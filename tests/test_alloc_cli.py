@@ -142,7 +142,6 @@ def test_release_unknown_and_known(kernel, tmp_path, capsys):
 
 
 def test_reserve_command_plans_and_claims(kernel, tmp_path, capsys):
-    pytest.importorskip("hugexml.plan")
     root = tmp_path / "root"  # the host the planner reads (the FakeKernel's own tree)
     for node in (0, 1):
         (root / f"sys/devices/system/node/node{node}").mkdir(parents=True, exist_ok=True)

@@ -9,10 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("hugexml.domxml")
-pytest.importorskip("hugexml.plan")
-
 from lxml import etree
 
 from hugexml import apply as ap
@@ -269,7 +265,6 @@ def run_cli(monkeypatch, conn: FakeConn, root: Path, *args: str) -> int:
 
 
 def test_cli_all_auto_json_and_exit_codes(monkeypatch, capsys, conn, fake_host_root, tmp_path):
-    pytest.importorskip("hugexml.host")
     conn.add("a", kib=1048576)
     conn.add("b", kib=2 * 1048576, active=True)
     conn.add("toolarge", kib=32 * 1048576)

@@ -249,7 +249,6 @@ def test_command_prints_the_cmdline_and_the_grub_edit(tmp_path, capsys):
 
 
 def test_command_apply_runtime_with_an_empty_reserve_does_nothing(tmp_path, capsys):
-    pytest.importorskip("hugexml.config")
     root = host_root(tmp_path)
     assert run_command(["--apply-runtime"], root) == 0
     assert "nothing to reserve" in capsys.readouterr().out

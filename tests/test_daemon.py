@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fakekernel import write_hugetlbfs_mounts
 
 from hugexml import daemon as dm
 from hugexml.errors import ConfigError
@@ -31,11 +32,7 @@ class Root:
         self.mounts({})
 
     def mounts(self, table: dict[str, str]) -> None:
-        rows = ["proc /proc proc rw 0 0"]
-        for path, size in table.items():
-            rows.append(f"hugetlbfs {path} hugetlbfs rw,relatime,pagesize={size} 0 0")
-            (self.base / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        (self.base / "proc/self/mounts").write_text("\n".join(rows) + "\n")
+        write_hugetlbfs_mounts(self.base, table)
 
     def process(self, pid: int, comm: str, started: float, state: str = "S") -> None:
         ticks = round((started - BTIME) * TICK)
@@ -192,11 +189,25 @@ def test_the_hooks_no_op_path_does_not_import_psutil(host):
 
     host.mounts({"/dev/hugepages1G": "1G"})
     host.process(5, "libvirtd", BTIME + 1)
-    code = ("import sys; from hugexml.root import HostRoot; from hugexml.mounts import "
-            f"mount_problem; r = mount_problem(HostRoot({str(host.base)!r}), '/nonexistent', "
-            f"{G1}); assert 'psutil' not in sys.modules and 'lxml' not in sys.modules; print(r)")
+    code = ("import sys; from hugexml.root import HostRoot; from hugexml.daemon import "
+            f"mount_problems; r = mount_problems(HostRoot({str(host.base)!r}), '/nonexistent', "
+            f"[{G1}]); assert 'psutil' not in sys.modules and 'lxml' not in sys.modules; "
+            "print(r[0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("hugetlbfs /dev/hugepages1G (1G) was mounted after libvirtd")
+
+
+def test_mount_problems_scans_for_the_daemon_once_for_all_sizes(host, monkeypatch):
+    host.mounts({"/dev/hugepages": "2M"})
+    host.process(5, "libvirtd", BTIME + 1)
+    scans = []
+    real_find = dm.find_daemons
+    monkeypatch.setattr(dm, "find_daemons", lambda *a, **k: scans.append(1) or real_find(*a, **k))
+    problems = dm.mount_problems(host.root, host.state, [M2, G1])
+    assert len(scans) == 1
+    one_by_one = [dm.mount_problem(host.root, host.state, size) for size in (M2, G1)]
+    assert problems == [p for p in one_by_one if p] and len(problems) == 2
+    assert dm.mount_problems(host.root, host.state, []) == []
 
 
 def test_mounts_listed_match_the_table(host):

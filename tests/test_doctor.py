@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fakekernel import write_hugetlbfs_mounts
 
 from hugexml.daemon import Daemon
 from hugexml.doctor import FAIL, OK, SKIP, WARN, Check, Doctor, exit_code
@@ -48,11 +49,7 @@ class FakeHost:
         self.install_hook()
 
     def mounts(self, table: dict[str, str]) -> None:
-        rows = ["proc /proc proc rw 0 0"]
-        for path, size in table.items():
-            rows.append(f"hugetlbfs {path} hugetlbfs rw,relatime,pagesize={size} 0 0")
-            (self.base / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        (self.base / "proc/self/mounts").write_text("\n".join(rows) + "\n")
+        write_hugetlbfs_mounts(self.base, table)
 
     def install_hook(self, mode: int = 0o755) -> Path:
         hook = self.base / "etc/libvirt/hooks/qemu.d/hugexml"
@@ -225,7 +222,8 @@ def test_cmdline_default_size_the_kernel_ignored_warns(host):
 
 
 def test_with_the_real_planner_a_1g_guest_needs_a_1g_mount(host):
-    plan = pytest.importorskip("hugexml.plan")
+    from hugexml import plan
+
     host.mounts({"/dev/hugepages": "2M"})
     checks = host.doctor([guest("db1", G1)], planner=plan.plan_xml)
     assert checks["mounts"].status == FAIL and checks["guests"].status == FAIL

@@ -88,7 +88,6 @@ def test_parse_numa_maps_sums_several_mappings():
 
 
 def test_guest_usage_reads_fake_proc_and_flags_mismatches(fake_root: HostRoot):
-    pytest.importorskip("hugexml.plan")
     base = Path(fake_root.base)
     make_proc(
         base,
@@ -132,7 +131,6 @@ def test_guest_usage_reads_fake_proc_and_flags_mismatches(fake_root: HostRoot):
 
 
 def test_guest_usage_consistent_guest_has_no_mismatch(fake_root: HostRoot):
-    pytest.importorskip("hugexml.plan")
     base = Path(fake_root.base)
     maps = "7f00 bind:0 file=/dev/hugepages/x huge dirty=64 N0=64 kernelpagesize_kB=2048\n"
     make_proc(base, 9, ["/usr/bin/qemu-system-x86_64", "-name", "guest=vm2m"], maps)

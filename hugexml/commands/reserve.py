@@ -56,13 +56,6 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
 
 def mount_warnings(ctx: Any, plan: Any) -> list[str]:
     """The hook refuses a start whose file-backed size has no mount libvirt can see."""
-    try:
-        from hugexml.mounts import mount_problem
-    except ImportError:
-        return []
-    problems = []
-    for size_kib in plan.file_backed_sizes_kib:
-        problem = mount_problem(ctx.root, ctx.state_dir, size_kib)
-        if problem:
-            problems.append(problem)
-    return problems
+    from hugexml.daemon import mount_problems
+
+    return mount_problems(ctx.root, ctx.state_dir, plan.file_backed_sizes_kib)

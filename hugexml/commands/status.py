@@ -34,36 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "hugexml_guest_hugepages_mismatch, not the exit code")
 
 
-def _mounts(ctx: Any, default_kib: Any) -> list[dict[str, Any]]:
-    try:
-        from hugexml.mounts import list_mounts
-    except ImportError:
-        return _mounts_minimal(ctx, default_kib)
+def _mounts(ctx: Any) -> list[dict[str, Any]]:
+    from hugexml.mounts import list_mounts
+
     return [{"path": m.path, "page_size_kib": m.page_size_kib} for m in list_mounts(ctx.root)]
-
-
-def _mounts_minimal(ctx: Any, default_kib: Any) -> list[dict[str, Any]]:
-    from hugexml.units import UnitError, parse_cli_size_kib
-
-    out = []
-    try:
-        with open(ctx.root.path("proc/self/mounts"), encoding="utf-8", errors="replace") as fh:
-            lines = fh.read(1 << 20).splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 4 or fields[2] != "hugetlbfs":
-            continue
-        size_kib = default_kib
-        for opt in fields[3].split(","):
-            if opt.startswith("pagesize="):
-                try:
-                    size_kib = parse_cli_size_kib(opt[9:])
-                except UnitError:
-                    size_kib = None
-        out.append({"path": fields[1].replace("\\040", " "), "page_size_kib": size_kib})
-    return out
 
 
 def collect_status(ctx: Any) -> dict[str, Any]:
@@ -72,7 +46,6 @@ def collect_status(ctx: Any) -> dict[str, Any]:
     from hugexml.commands._alloc import gateway
     from hugexml.errors import HugexmlError
     from hugexml.fit import resv_share
-    from hugexml.hostinfo import read_default_page_kib
     from hugexml.txn import read_view
 
     gw = gateway(ctx)
@@ -118,7 +91,7 @@ def collect_status(ctx: Any) -> dict[str, Any]:
         nodes=list(view.nodes), page_sizes_kib=list(sizes), pools=pools, global_pools=globals_,
         memory={str(n): {"free_kib": view.mem_free_kib.get(n),
                          "total_kib": view.mem_total_kib.get(n)} for n in view.nodes},
-        mounts=_mounts(ctx, read_default_page_kib(ctx.root)), guests=guests,
+        mounts=_mounts(ctx), guests=guests,
         admin=data["admin"], kept=data["kept"], unreleased=data["unreleased"],
         intent=data["intent"], ledger_path=ledger.path,
         ledger_exists=os.path.exists(ledger.path))

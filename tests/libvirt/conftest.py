@@ -119,7 +119,7 @@ def bed(testbed: LibvirtBed):
 def _reset(bed: LibvirtBed) -> None:
     bed.remove_all_domains()
     bed.remove_config()
-    from hugexml.mounts import libvirt_visible_sizes
+    from hugexml.daemon import libvirt_visible_sizes
     from hugexml.root import HostRoot
 
     need_restart = not _pid_alive(bed.pids.get("libvirtd", 0))

@@ -213,8 +213,8 @@ def test_an_admin_pool_is_never_shrunk(bed):
 
 # mounts issue: the hook's line reaches `virsh start` verbatim ------------------------------
 def test_missing_mount_line_reaches_virsh_and_memfd_is_the_way_out(bed):
+    from hugexml.daemon import mount_problem
     from hugexml.errors import MountMissing
-    from hugexml.mounts import mount_problem
     from hugexml.root import HostRoot
 
     bed.stop_libvirtd()
