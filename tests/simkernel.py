@@ -125,6 +125,10 @@ class SimKernel:
         self._call()
         return {"MemTotal": self.mem_total[node], "MemFree": self.mem_free[node]}
 
+    def max_pages(self, node: int, size_kib: int) -> int:
+        """As HostGateway.max_pages: the node's MemTotal in pages."""
+        return self.mem_total[node] // size_kib
+
     def set_node_nr(self, node: int, size_kib: int, count: int) -> int:
         self._call()
         pool = self.pools[(node, size_kib)]

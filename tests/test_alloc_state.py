@@ -226,6 +226,10 @@ class AllocatorMachine(RuleBasedStateMachine):
             return
         nr = p.persistent  # SimKernel's pools are live objects: keep the count
         gap_before = nr - lg.expected_pages(data, pk)
+        if delta > 0:  # the gateway refuses a pool larger than the node's memory
+            delta = min(delta, self.kernel.gw.max_pages(node, size) - nr)
+            if delta <= 0:
+                return
         self.kernel.gw.set_node_nr(node, size, nr + delta)  # as the admin's echo
         after = self.kernel.pools[pool]
         assert after.surplus == 0
