@@ -1,16 +1,17 @@
-"""The allocator: claims in the ledger, pool changes as transactions, releases, reconcile.
+"""The allocator: claims in the state store, pool changes as transactions, releases, reconcile.
 
-Every public method takes the ledger's lock for its whole read-compute-write-verify and
-starts by finishing what a crashed writer left (``_recover``) and expiring stale pending
-claims. Pool changes follow one protocol: compute (hugexml.fit), write an *intent* to the
-ledger (per pool: the persistent count before and the target), change the kernel
-(hugexml.txn), then commit the result and clear the intent in one atomic ledger write. A
-failed grow rolls every touched pool back before raising; a process killed in between leaves
-the intent, and the next run resolves it against the kernel's counts: pages a grow added
-are owed back (``unreleased``), pages a shrink removed are debited from the buckets it named.
+Every public method takes the state lock for its whole read-compute-write-verify
+(``_session``): it loads the state (quarantining what fails its checks), lets
+``hugexml.recovery.begin`` finish what a killed process or a bad file left, does its work,
+and commits (``ledger.Store.commit``). Pool changes follow one protocol: compute
+(hugexml.fit), write an *intent* to the journal (per pool: the persistent count before and
+the target), change the kernel (hugexml.txn), then commit the books and the guest record. A
+failed grow rolls every touched pool back before raising; so does a commit that fails after
+the kernel grew. A process killed in between leaves the intent, and the next session
+resolves it against the kernel's counts.
 
-Nothing here ever gives back a page that is not free, reserved, or promised to a pending
-guest, or takes a pool below its baseline plus admin pages plus other guests' pages.
+Nothing here gives back a page that is not free, reserved, or promised to a pending guest,
+or takes a pool below its baseline plus admin pages plus other guests' pages.
 """
 from __future__ import annotations
 
@@ -20,52 +21,86 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from hugexml import ledger as lg
 from hugexml import recovery
-from hugexml.errors import HugexmlError, InvalidInput, NoSuchHostNode, UnsupportedPageSize
-from hugexml.fit import (
-    HostView,
-    Margin,
-    Pool,
-    check_margin,
-    error,
-    place,
-    releasable,
-    spread,
+from hugexml.errors import (
+    GuestConflict,
+    HugexmlError,
+    InvalidInput,
+    NoSuchHostNode,
+    UnsupportedPageSize,
 )
-from hugexml.ledger import Ledger, Ledger_t, parse_pool_key, pool_key
-from hugexml.model import DemandItem, GuestId
+from hugexml.fit import HostView, Margin, check_margin, error, place, releasable, spread
+from hugexml.ledger import State, Store
+from hugexml.model import GuestId
+from hugexml.records import (
+    DemandRow,
+    GuestRecord,
+    Intent,
+    IntentPool,
+    Pool,
+    RecordError,
+    check_name,
+    guest_key,
+    normalize_uuid,
+    pool_key,
+)
 from hugexml.txn import PoolTxn, Progress, read_view
 
 if TYPE_CHECKING:  # pragma: no cover
     from hugexml.config import Config
+    from hugexml.live import LiveGuest
     from hugexml.model import Plan
 
 MAX_ADMIN_PAGES = 1 << 24
+ADMIN_SHRINK = ("unreleased", "kept", "admin", "baseline")
 
 
-def guest_key(guest: GuestId) -> str:
-    return guest.uuid.lower() if guest.uuid else guest.name
+def guest_identity(guest: GuestId) -> tuple[str, Optional[str], str]:
+    """(name, normalised uuid, record key) of a guest about to be recorded; InvalidInput
+    for a name or uuid no record may hold."""
+    try:
+        name = check_name(guest.name, "domain name")
+    except RecordError as exc:
+        raise InvalidInput(reason=str(exc)) from None
+    uuid = None
+    if guest.uuid is not None:
+        uuid = normalize_uuid(guest.uuid)
+        if uuid is None:
+            raise InvalidInput(reason=f"domain '{name}': {guest.uuid[:40]!r} is not a UUID")
+    return name, uuid, guest_key(name, uuid)
 
 
-def find_guest(data: Ledger_t, guest: GuestId) -> Optional[str]:
-    """The ledger key of a guest: by uuid or name (``release NAME|UUID`` passes either)."""
-    guests = data["guests"]
-    key = guest_key(guest)
-    if key in guests:
-        return key
-    wanted = guest.name.lower() if guest.uuid is None else None
-    for gk, rec in guests.items():
-        if rec["name"] == guest.name and (guest.uuid is None or rec.get("uuid") is None
-                                          or rec["uuid"] == guest.uuid.lower()):
-            return gk
-        if wanted is not None and (gk == wanted or rec.get("uuid") == wanted):
-            return gk
-    return None
+def find_guest(state: State, guest: GuestId) -> Optional[str]:
+    """The record key of a guest: its uuid (when the record has its name), a record of its
+    name made without a uuid, or, for ``release NAME|UUID``, the one record of that name or
+    uuid. A uuid whose record belongs to another name is not this guest."""
+    guests = state.guests
+    uuid = normalize_uuid(guest.uuid) if guest.uuid else None
+    if uuid is not None:
+        rec = guests.get(uuid)
+        if rec is not None:
+            return uuid if rec.name == guest.name else None
+        by_name = _name_key(guest.name)
+        return by_name if by_name in guests else None
+    as_uuid = normalize_uuid(guest.name)
+    if as_uuid is not None and as_uuid in guests:
+        return as_uuid
+    by_name = _name_key(guest.name)
+    if by_name in guests:
+        return by_name
+    named = [k for k, r in guests.items() if r.name == guest.name]
+    return named[0] if len(named) == 1 else None
+
+
+def _name_key(name: str) -> Optional[str]:
+    try:
+        return guest_key(name, None)
+    except RecordError:
+        return None
 
 
 def _counts(pools: dict[Pool, int]) -> dict[str, int]:
-    return {pool_key(*p): n for p, n in sorted(pools.items()) if n}
+    return {pool_key(p): n for p, n in sorted(pools.items()) if n}
 
 
 class Allocator:
@@ -76,137 +111,195 @@ class Allocator:
         self.config = config
         self.clock = clock
         self.progress = progress
-        self.ledger = Ledger(state_dir, float(config.lock_timeout_s), clock)
+        boot_id = getattr(gateway, "boot_id", None)
+        self.store = Store(state_dir, float(config.lock_timeout_s), clock,
+                           boot_id=boot_id() if callable(boot_id) else "")
         self.margin = Margin(int(config.margin_min_kib), float(config.margin_percent))
+        self.report: dict[str, Any] = {}  # what the last session's recovery did
 
-    # --- public API --------------------------------------------------------------------
+    # --- guests ------------------------------------------------------------------------
     def reserve(self, plan: Plan, guest: GuestId) -> dict[str, Any]:
         """Claim the plan's pages for the guest (``pending``), adding what is missing."""
-        key = guest_key(guest)
+        name, uuid, key = guest_identity(guest)
         items = [d for d in plan.demand if d.pages > 0]
-        with self._locked() as data:
-            found = find_guest(data, guest)
-            if found is not None and found != key:
-                data["guests"][key] = data["guests"].pop(found)
-            rec = data["guests"].get(key)
+        with self._session() as state:
+            rec = self._adopt_key(state, name, uuid, key)
             grow: dict[Pool, int] = {}
             claims: dict[Pool, int] = {}
+            view = None
             if items:
-                view = self._view(data, {d.page_size_kib for d in items}, exclude=key)
+                view = self._view(state, {d.page_size_kib for d in items}, exclude=key)
                 placement = place(items, view, self.margin, plan.domain)
                 grow = {p: n for p, n in placement.grow.items() if n > 0}
                 claims = placement.claims
-                if grow:
-                    self._grow(data, grow, view, "reserve", key, plan.domain)
+            txn = None
+            if grow and view is not None:
+                txn = self._grow(state, grow, view, "reserve", key, plan.domain)
             now = self.clock()
             if rec is None:
-                rec = {"name": guest.name, "uuid": guest.uuid.lower() if guest.uuid else None,
-                       "created": now, "added": {}}
-                data["guests"][key] = rec
+                rec = GuestRecord(key=key, name=name, uuid=uuid, state="pending",
+                                  created=now, updated=now)
             for pool, pages in grow.items():
-                lg.bump(rec["added"], pool_key(*pool), pages)
-            rec.update(state="pending", claimed=_counts(claims), updated=now,
-                       demand=[dict(d.to_json(), policy=d.policy) for d in items])
-            data["intent"] = None
-            self.ledger.write(data)
+                rec.added[pool] = rec.added.get(pool, 0) + pages
+                state.journal.book(pool).guests += pages
+            rec.state, rec.claimed, rec.updated = "pending", dict(claims), now
+            rec.demand = tuple(DemandRow(d.page_size_kib, d.pages, d.host_nodes, d.policy)
+                               for d in items)
+            state.put(rec)
+            if txn is not None:
+                state.journal.intent = None
+                state.journal_dirty = True
+                self._commit_or_undo(state, txn, grow, rec)
         return {"added": _counts(grow), "claimed": _counts(claims)}
+
+    def _adopt_key(self, state: State, name: str, uuid: Optional[str],
+                   key: str) -> Optional[GuestRecord]:
+        """The guest's record, if any. A record under its uuid with another name is another
+        guest: refused. A record of its name made without a uuid moves to its uuid."""
+        rec = state.guests.get(key)
+        if rec is not None and rec.name != name:
+            raise GuestConflict(domain=name, uuid=uuid, other=rec.name, state=rec.state)
+        if rec is None and uuid is not None:
+            old = _name_key(name)
+            if old is not None and old in state.guests:
+                rec = state.remove(old)
+                if rec is not None:
+                    rec.key, rec.uuid = key, uuid
+        return rec
 
     def settle(self, guest: GuestId) -> dict[str, Any]:
         """The guest started: its pages are mapped, its claim no longer holds free pages."""
-        with self._locked() as data:
-            key = find_guest(data, guest)
-            rec = data["guests"].get(key) if key else None
-            if rec is not None and rec["state"] == "pending":
-                rec.update(state="active", updated=self.clock())
-            self.ledger.write(data)
-        return {"guest": key, "state": rec["state"] if rec else None}
+        with self._session() as state:
+            key = find_guest(state, guest)
+            rec = state.guests.get(key) if key else None
+            if rec is not None and rec.state == "pending":
+                rec.state, rec.updated = "active", self.clock()
+                state.dirty.add(rec.key)
+        return {"guest": key, "state": rec.state if rec else None}
 
     def release(self, guest: GuestId) -> dict[str, Any]:
         """The guest stopped: give back what hugexml added for it, as far as it is free."""
-        with self._locked() as data:
-            key = find_guest(data, guest)
-            rec = data["guests"].get(key) if key else None
-            kept: dict[str, int] = {}
-            if rec is not None and key is not None:
-                if self.config.release_policy == "keep":
-                    for pk, pages in rec["added"].items():
-                        lg.bump(data["kept"], pk, pages)
-                    kept = dict(rec["added"])
-                    del data["guests"][key]
-                else:
-                    rec.update(state="releasing", claimed={}, updated=self.clock())
-            released = self._give_back(data)
-            left = data["guests"].get(key, {}).get("added", {}) if key else {}
-            lg.forget_idle_pools(data)
-            self.ledger.write(data)
-        return {"guest": key, "released": released, "kept": kept, "unreleased": dict(left)}
+        with self._session() as state:
+            key = find_guest(state, guest)
+            moved = recovery.release_record(state, key, self.config) if key else {}
+            released = self._give_back(state)
+            recovery.forget_idle_pools(state)
+        owed = {pk: n for pk, n in moved.get("unreleased", {}).items()
+                if n > released.get(pk, 0)}
+        return {"guest": key, "released": released, "kept": moved.get("kept", {}),
+                "unreleased": {pk: n - released.get(pk, 0) for pk, n in owed.items()}}
 
-    def reconcile(self, guest: Optional[GuestId] = None) -> dict[str, Any]:
-        """Finish crashed transactions, expire stale claims, compare the ledger with the
-        kernel, retry what is owed back. Reports; never frees what it cannot explain."""
-        report: dict[str, Any] = {}
-        with self.ledger.lock():
-            try:
-                data = self.ledger.read()
-            except HugexmlError as exc:
-                report["corrupt"] = {"moved_to": self.ledger.quarantine(), "error": str(exc),
-                                     "rebuilt": "empty ledger: earlier claims and pages "
-                                                "hugexml added are unknown, pools left as found"}
-                data = lg.empty_ledger()
-            report.update(self._begin(data))
-            report.update(recovery.sync(self.gateway, data))
-            released = self._give_back(data)
+    def tidy(self) -> dict[str, int]:
+        """The due work any hook call does when the ``due`` file says so: recovery, ended
+        keep windows, owed pages given back as far as they are free."""
+        with self._session() as state:
+            released = self._give_back(state)
+            recovery.forget_idle_pools(state)
+        return released
+
+    def reconcile(self, guest: Optional[GuestId] = None,
+                  live: Optional[list[LiveGuest]] = None,
+                  all_running: bool = False) -> dict[str, Any]:
+        """Finish interrupted changes, expire stale claims, compare the books with the
+        kernel, give back what is owed. ``live``: running guests seen on the host (their
+        daemon status XML and numa_maps): those without a record get one back; with
+        ``all_running`` (the list is every running guest), an active record of a guest not
+        in it was left by a lost release and is released."""
+        with self._session() as state:
+            report = dict(self.report)
+            report.update(recovery.sync(self.gateway, state))
+            if live is not None:
+                report.update(self._adopt_live(state, live, all_running))
+            released = self._give_back(state)
             if released:
                 report["released"] = released
             if guest is not None:
-                key = find_guest(data, guest)
+                key = find_guest(state, guest)
                 report["guest"] = {"key": key,
-                                   "state": data["guests"][key]["state"] if key else None}
-            lg.forget_idle_pools(data)
+                                   "state": state.guests[key].state if key else None}
+            recovery.forget_idle_pools(state)
             if report:
-                lg.add_event(data, dict(report, at=self.clock(), op="reconcile"))
-            self.ledger.write(data)
+                state.journal.events.append(dict(report, at=self.clock(), op="reconcile"))
+                state.journal_dirty = True
         return report
 
+    def _adopt_live(self, state: State, live: list[LiveGuest],
+                    all_running: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        seen = set()
+        for g in live:
+            try:
+                name, uuid, key = guest_identity(GuestId(g.name, g.uuid))
+            except InvalidInput:
+                continue
+            seen.add(key)
+            rec = state.guests.get(key)
+            if rec is not None:
+                if rec.state == "pending" and rec.name == name:
+                    rec.state, rec.updated = "active", self.clock()
+                    state.dirty.add(key)
+                continue
+            now = self.clock()
+            rec = GuestRecord(key=key, name=name, uuid=uuid, state="active", created=now,
+                              updated=now, claimed=dict(g.mapped), demand=g.demand)
+            for pool, pages in g.mapped.items():  # hugexml's owed pages it is using
+                book = state.journal.pools.get(pool)
+                take = min(pages, book.unreleased) if book else 0
+                if take and book is not None:
+                    book.unreleased -= take
+                    book.guests += take
+                    rec.added[pool] = take
+                    state.journal_dirty = True
+            state.put(rec)
+            out.setdefault("rebuilt", {})[key] = {"name": name, "added": _counts(rec.added),
+                                                 "maps": _counts(g.mapped)}
+        if all_running:
+            for key in [k for k, r in state.guests.items()
+                        if r.state == "active" and k not in seen]:
+                moved = recovery.release_record(state, key, self.config)
+                out.setdefault("released_stale", {})[key] = moved
+        return out
+
+    # --- admin pool changes ----------------------------------------------------------------
     def allocate_admin(self, size_kib: int, count: int, node: Optional[int] = None,
                        dry_run: bool = False) -> dict[str, Any]:
-        """Add ``count`` pages to the pools as an admin change (raises the baseline). A dry
-        run writes nothing on the host: no state dir, lock file, ledger or kernel write."""
+        """Add ``count`` pages to the pools as an admin change. A dry run writes nothing on
+        the host: no state dir, lock file, state file or kernel write."""
         self._check_admin_args(size_kib, count)
-        with self._admin_session(dry_run) as data:
-            view = self._view(data, {size_kib})
-            return self._admin_grow(data, view, size_kib, count, node, dry_run)
+        with self._admin_session(dry_run) as state:
+            view = self._view(state, {size_kib})
+            return self._admin_grow(state, view, size_kib, count, node, dry_run)
 
     def top_up_admin(self, size_kib: int, target: int, node: Optional[int] = None,
                      dry_run: bool = False) -> dict[str, Any]:
         """Grow the pool of ``node`` (None: the whole host) to ``target`` persistent pages,
-        counting every page the kernel has now (command line, sysctl, anyone's); never
-        shrinks. Read and grow under one lock, so a second run adds nothing."""
+        counting every page the kernel has now; never shrinks. Read and grow under one lock,
+        so a second run adds nothing."""
         self._check_admin_args(size_kib, target)
-        with self._admin_session(dry_run) as data:
-            view = self._view(data, {size_kib})
+        with self._admin_session(dry_run) as state:
+            view = self._view(state, {size_kib})
             if node is not None:
                 self._check_node(view, node, size_kib)
                 have = view.pools[(node, size_kib)].persistent
             else:
                 have = sum(view.pools[(n, size_kib)].persistent for n in view.nodes)
             need = max(0, target - have)
-            result = self._admin_grow(data, view, size_kib, need, node, dry_run)
+            result = self._admin_grow(state, view, size_kib, need, node, dry_run)
         return dict(result, pool_pages=have, target=target, adding=need)
 
     @contextmanager
-    def _admin_session(self, dry_run: bool) -> Iterator[Ledger_t]:
-        """The ledger under the lock, or for a dry run a read-only copy (recovery and
-        expiry applied in memory only, nothing written)."""
+    def _admin_session(self, dry_run: bool) -> Iterator[State]:
+        """The state under the lock, or for a dry run a read-only copy (recovery applied in
+        memory only, nothing written)."""
         if not dry_run:
-            with self._locked() as data:
-                yield data
+            with self._session() as state:
+                yield state
             return
-        data = self.ledger.read_shared()
-        self._begin(data)
-        yield data
+        state = self.store.read(self._known())
+        recovery.begin(self.gateway, state, self.config, self.clock())
+        yield state
 
-    def _admin_grow(self, data: Ledger_t, view: HostView, size_kib: int, count: int,
+    def _admin_grow(self, state: State, view: HostView, size_kib: int, count: int,
                     node: Optional[int], dry_run: bool) -> dict[str, Any]:
         if node is not None:
             self._check_node(view, node, size_kib)
@@ -215,145 +308,171 @@ class Allocator:
         else:
             grow = spread(view, size_kib, count, self.margin, None) if count else {}
         result: dict[str, Any] = {"size_kib": size_kib, "add": _counts(grow), "dry_run": dry_run}
-        if dry_run:
-            return result  # nothing written: recovery, if any, runs again next time
-        if grow:
-            self._grow(data, grow, view, "admin", None, None)
-            for pool, pages in grow.items():
-                lg.bump(data["admin"], pool_key(*pool), pages)
-            data["intent"] = None
-        self.ledger.write(data)  # also keeps what recovery found
+        if dry_run or not grow:
+            return result
+        txn = self._grow(state, grow, view, "admin", None, None)
+        for pool, pages in grow.items():
+            state.journal.book(pool).admin += pages
+        state.journal.intent = None
+        state.journal_dirty = True
+        self._commit_or_undo(state, txn, grow, None)
         return result
 
     def shrink_admin(self, size_kib: int, count: int, node: Optional[int] = None) -> dict[str, Any]:
-        """Remove up to ``count`` free pages no guest in the ledger needs."""
+        """Remove up to ``count`` free pages no guest with a record needs."""
         self._check_admin_args(size_kib, count)
-        with self._locked() as data:
-            sync = recovery.sync(self.gateway, data)
-            view = self._view(data, {size_kib}, memory=False)
+        with self._session() as state:
+            sync = recovery.sync(self.gateway, state)
+            view = self._view(state, {size_kib}, memory=False)
             if node is not None:
                 self._check_node(view, node, size_kib)
             nodes = [node] if node is not None else list(view.nodes)
-            plan: dict[Pool, tuple[int, list[str]]] = {}
+            plan: dict[Pool, tuple[int, tuple[str, ...]]] = {}
             left = count
             for n in sorted(nodes, key=lambda n: -view.pools[(n, size_kib)].free):
-                pk = pool_key(n, size_kib)
-                keep = lg.guest_added(data, pk, ("pending", "active"))
-                pages = releasable(view, n, size_kib, left, keep)
+                book = state.journal.pools.get((n, size_kib))
+                pages = releasable(view, n, size_kib, left, book.guests if book else 0)
                 if pages > 0:
-                    plan[(n, size_kib)] = (pages, recovery.shrink_order(data, pk, admin=True))
+                    if book is None:  # the admin's own pool: track what leaves it
+                        state.journal.book((n, size_kib)).baseline = \
+                            view.pools[(n, size_kib)].persistent
+                    plan[(n, size_kib)] = (pages, ADMIN_SHRINK)
                     left -= pages
-            removed = self._shrink(data, plan, view, "shrink")
-            recovery.drop_released_guests(data)
-            lg.forget_idle_pools(data)
-            self.ledger.write(data)
+            removed = self._shrink(state, plan, view, "shrink")
+            recovery.forget_idle_pools(state)
         return {"size_kib": size_kib, "requested": count, "removed": removed,
                 **({"reconciled": sync} if sync else {})}
 
-    def snapshot(self) -> Ledger_t:
-        """The ledger as last written (no lock: the file is replaced atomically)."""
-        return self.ledger.read()
+    def snapshot(self) -> State:
+        """The state as last written, for readers (no repair, nothing moved)."""
+        return self.store.read(self._known())
 
-    # --- locking and recovery --------------------------------------------------------------
+    # --- sessions ----------------------------------------------------------------------------
     @contextmanager
-    def _locked(self) -> Iterator[Ledger_t]:
-        with self.ledger.locked() as data:
-            notes = self._begin(data)
-            if notes:
-                lg.add_event(data, dict(notes, at=self.clock(), op="recover"))
+    def _session(self) -> Iterator[State]:
+        with self.store.lock():
+            state = self.store.load(self._known())
+            self.report = recovery.begin(self.gateway, state, self.config, self.clock())
+            if self.report:
+                state.journal.events.append(dict(self.report, at=self.clock(), op="recover"))
+                state.journal_dirty = True
             try:
-                yield data
-            except HugexmlError:
-                if notes and data.get("intent") is None:
-                    self.ledger.write(data)  # keep the recovery work
+                yield state
+            except Exception:  # (a kill, simulated or real, writes nothing more)
+                if state.journal.intent is None:  # keep the recovery work, if it can be
+                    try:
+                        self.store.commit(state)
+                    except HugexmlError:
+                        pass
                 raise
+            self.store.commit(state)
 
-    def _begin(self, data: Ledger_t) -> dict[str, Any]:
-        report: dict[str, Any] = {}
-        recovered = recovery.recover(self.gateway, data)
-        if recovered:
-            report["recovered"] = recovered
-        expired = recovery.expire(self.config, self.clock(), data)
-        if expired:
-            report["expired"] = expired
-        return report
+    def _known(self) -> set[Pool]:
+        sizes = tuple(self.gateway.page_sizes_kib())
+        return {(n, s) for n in self.gateway.nodes() for s in sizes}
 
-    # --- helpers -----------------------------------------------------------------------
-    def _view(self, data: Ledger_t, sizes_kib: set[int], exclude: Optional[str] = None,
+    def _view(self, state: State, sizes_kib: set[int], exclude: Optional[str] = None,
               memory: bool = True) -> HostView:
         view = read_view(self.gateway, sizes_kib, memory=memory)
-        for pool in view.pools:
-            claimed = lg.pending_claims(data, pool_key(*pool), exclude=exclude)
-            if claimed:
-                view.claims[pool] = claimed
+        for key, rec in state.guests.items():
+            if rec.state != "pending" or key == exclude:
+                continue
+            for pool, pages in rec.claimed.items():
+                if pool in view.pools:
+                    view.claims[pool] = view.claims.get(pool, 0) + pages
         return view
 
-    def _grow(self, data: Ledger_t, grow: dict[Pool, int], view: HostView, purpose: str,
-              key: Optional[str], domain: Optional[str]) -> None:
-        """Intent, kernel writes; on any failure roll back, write the ledger, re-raise. On
-        success the caller commits (and clears the intent) in its own ledger write."""
+    def _grow(self, state: State, grow: dict[Pool, int], view: HostView, purpose: str,
+              key: Optional[str], domain: Optional[str]) -> PoolTxn:
+        """Intent, kernel writes; on any failure roll back, commit, re-raise. On success the
+        caller commits the books (and clears the intent) with ``_commit_or_undo``."""
         pools = {}
         for pool, pages in sorted(grow.items()):
             before = view.pools[pool].persistent
-            pools[pool_key(*pool)] = {"before": before, "target": before + pages}
-            data["baseline"].setdefault(pool_key(*pool), before)
-        data["intent"] = {"op": "grow", "purpose": purpose, "guest": key, "pools": pools,
-                          "started": self.clock(), "pid": os.getpid()}
-        self.ledger.write(data)
+            pools[pool] = IntentPool(before, before + pages)
+            if pool not in state.journal.pools:
+                state.journal.book(pool).baseline = before  # every page here is someone else's
+        state.journal.intent = Intent("grow", purpose, key, self.clock(), os.getpid(), pools)
+        state.journal_dirty = True
+        self.store.commit(state)
         txn = PoolTxn(self.gateway, self.config, domain, self.progress)
         try:
             txn.grow(grow, view.pools)
         except BaseException:
-            left = txn.rollback()  # raising here leaves the intent for reconcile
+            left = txn.rollback()  # raising here leaves the intent for the next session
             for pool, pages in left.items():
-                lg.bump(data["unreleased"], pool_key(*pool), pages)
-            data["intent"] = None
-            lg.forget_idle_pools(data)
-            self.ledger.write(data)
+                state.journal.book(pool).unreleased += pages
+            state.journal.intent = None
+            recovery.forget_idle_pools(state)
+            state.journal_dirty = True
+            self.store.commit(state)
+            raise
+        return txn
+
+    def _commit_or_undo(self, state: State, txn: PoolTxn, grow: dict[Pool, int],
+                        rec: Optional[GuestRecord]) -> None:
+        """Commit a grow; when the commit fails (a full or read-only state dir), put the
+        kernel back as it was and undo the books, so nothing stays allocated. (A kill leaves
+        the intent instead, which the next session resolves by the kernel's counts.)"""
+        try:
+            self.store.commit(state)
+        except Exception:
+            left = txn.rollback()
+            for pool, pages in grow.items():
+                book = state.journal.book(pool)
+                if rec is None:
+                    book.admin -= pages
+                else:
+                    book.guests -= pages
+                    rec.added[pool] = rec.added.get(pool, 0) - pages
+                    if rec.added[pool] <= 0:
+                        del rec.added[pool]
+                book.unreleased += left.get(pool, 0)
+            state.journal_dirty = True
+            try:
+                self.store.commit(state)
+            except HugexmlError:
+                pass  # the journal on disk still holds the intent: resolved next time
             raise
 
-    def _shrink(self, data: Ledger_t, plan: dict[Pool, tuple[int, list[str]]], view: HostView,
-                purpose: str) -> dict[str, int]:
+    def _shrink(self, state: State, plan: dict[Pool, tuple[int, tuple[str, ...]]],
+                view: HostView, purpose: str) -> dict[str, int]:
         if not plan:
             return {}
-        data["intent"] = {"op": "shrink", "purpose": purpose, "guest": None,
-                          "started": self.clock(), "pid": os.getpid(), "pools": {
-                              pool_key(*pool): {"before": view.pools[pool].persistent,
-                                                "target": view.pools[pool].persistent - pages,
-                                                "buckets": buckets}
-                              for pool, (pages, buckets) in plan.items()}}
-        self.ledger.write(data)
+        state.journal.intent = Intent("shrink", purpose, None, self.clock(), os.getpid(), {
+            pool: IntentPool(view.pools[pool].persistent,
+                             view.pools[pool].persistent - pages, buckets)
+            for pool, (pages, buckets) in plan.items()})
+        state.journal_dirty = True
+        self.store.commit(state)
         txn = PoolTxn(self.gateway, self.config, None, self.progress)
         removed: dict[str, int] = {}
         for pool, (pages, buckets) in sorted(plan.items()):
             got = txn.shrink(pool[0], pool[1], pages, view.pools[pool])
             if got:
-                removed[pool_key(*pool)] = got
-                lg.debit_in_order(data, pool_key(*pool), buckets, got)
-        data["intent"] = None
+                removed[pool_key(pool)] = got
+                recovery.debit(state.journal.book(pool), buckets, got)
+        state.journal.intent = None
+        state.journal_dirty = True
         return removed
 
-    def _give_back(self, data: Ledger_t) -> dict[str, int]:
-        """Shrink pools by what hugexml owes back (unreleased, releasing guests), as far as
-        those pages are free and unclaimed now."""
-        wants = {}
-        for pk in lg.pools_in(data):
-            want = lg.count(data["unreleased"], pk) + lg.guest_added(data, pk, ("releasing",))
-            if want > 0:
-                wants[pk] = want
+    def _give_back(self, state: State) -> dict[str, int]:
+        """Shrink pools by what hugexml owes back, as far as those pages are free and
+        unclaimed now."""
+        wants = {pool: book.unreleased for pool, book in state.journal.pools.items()
+                 if book.unreleased > 0}
         if not wants:
             return {}
-        view = self._view(data, {parse_pool_key(pk)[1] for pk in wants}, memory=False)
-        plan: dict[Pool, tuple[int, list[str]]] = {}
-        for pk, want in wants.items():
-            pool = parse_pool_key(pk)
-            keep = lg.expected_pages(data, pk) - want
+        view = self._view(state, {size for (_, size) in wants}, memory=False)
+        plan: dict[Pool, tuple[int, tuple[str, ...]]] = {}
+        for pool, want in wants.items():
+            if pool not in view.pools:
+                continue
+            keep = state.journal.pools[pool].expected - want
             pages = releasable(view, pool[0], pool[1], want, keep)
             if pages > 0:
-                plan[pool] = (pages, recovery.shrink_order(data, pk, admin=False))
-        removed = self._shrink(data, plan, view, "release")
-        recovery.drop_released_guests(data)
-        return removed
+                plan[pool] = (pages, ("unreleased",))
+        return self._shrink(state, plan, view, "release")
 
     def _check_admin_args(self, size_kib: int, count: int) -> None:
         if count < 0 or count > MAX_ADMIN_PAGES:
@@ -371,4 +490,4 @@ class Allocator:
             raise error(NoSuchHostNode, None, node=node, nodes=format_nodeset(list(view.nodes)))
 
 
-__all__ = ["Allocator", "DemandItem", "find_guest", "guest_key"]
+__all__ = ["Allocator", "find_guest", "guest_identity"]

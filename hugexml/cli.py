@@ -55,10 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", metavar="DIR",
                         help="host root for sysfs/procfs (env HUGEXML_ROOT)")
     parser.add_argument("--state-dir", metavar="DIR",
-                        help="ledger and lock dir (env HUGEXML_STATE_DIR, default /run/hugexml)")
+                        help="state and lock dir (env HUGEXML_STATE_DIR, default "
+                             "/run/hugexml under --root)")
     parser.add_argument("--config", metavar="FILE",
                         help="config file (env HUGEXML_CONFIG, "
-                             "default /etc/hugexml/hugexml.conf)")
+                             "default /etc/hugexml/hugexml.conf under --root)")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     parser.add_argument("--version", action="version", version=f"hugexml {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -80,10 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    root = HostRoot.from_env(args.root)
     ctx = Context(
-        root=HostRoot.from_env(args.root),
-        state_dir=state_dir_from_env(args.state_dir),
-        config_path=config_from_env(args.config),
+        root=root,
+        state_dir=state_dir_from_env(args.state_dir, root),
+        config_path=config_from_env(args.config, root),
         config_explicit=bool(args.config),
         verbose=args.verbose,
     )

@@ -282,14 +282,11 @@ def libvirt_visible_sizes(root: HostRoot, state_dir: str, *,
 def mount_problem(root: HostRoot, state_dir: str, size_kib: int, *,
                   mounts: Optional[Sequence[Mount]] = None,
                   daemons: Optional[Sequence[Daemon]] = None,
-                  memfd_hint: bool = True, mount_missing: bool = False) -> Optional[str]:
+                  memfd_hint: bool = True) -> Optional[str]:
     """None when the running daemon has a mount of this page size; else ONE line with the
-    fix. Reads the mount table and qemu.conf; looks for the daemon only when a mount
-    exists whose visibility must be judged.
-
-    ``mount_missing`` (the hook's prepare, real root only): when there is no mount of the
-    size at all, make it now (hugexml.mounts.ensure_mount) so the next daemon start sees
-    it; this start still fails, and the line says to restart."""
+    fix. A query: reads the mount table and qemu.conf, and looks for the daemon only when a
+    mount exists whose visibility must be judged. (Making a missing mount is
+    ``mount_for_next_start``, a separate step.)"""
     size = format_kib(size_kib)
     tail = f"; {MEMFD_HINT}" if memfd_hint else ""
     mounts = list_mounts(root) if mounts is None else list(mounts)
@@ -305,17 +302,9 @@ def mount_problem(root: HostRoot, state_dir: str, size_kib: int, *,
             return (f"hugetlbfs {of_size[0].path} ({size}) is not listed in hugetlbfs_mount "
                     f"of /{QEMU_CONF}: add it and restart {name}{tail}")
         conf = (f", list it in hugetlbfs_mount of /{QEMU_CONF}" if setting is not None else "")
-        failed = ""
-        if mount_missing and root.is_real:
-            made, failed = _mount_now(root, state_dir, size_kib, setting)
-            if made is not None:
-                return (f"there was no hugetlbfs mount for {size} pages: hugexml mounted "
-                        f"{made.path} now; restart {name} so it sees it (libvirt only sees "
-                        f"mounts present when it starts) and run 'hugexml mounts ensure --size "
-                        f"{size} --persist' to keep it across reboots{tail}")
         return (f"no hugetlbfs mount for {size} pages: run 'hugexml mounts ensure --size "
                 f"{size} --persist'{conf} and restart {name} (libvirt only sees mounts present "
-                f"when it starts){failed}{tail}")
+                f"when it starts){tail}")
     daemons = find_daemons(root, quick=True) if daemons is None else list(daemons)
     for daemon in daemons:
         if not any(judge(root, state_dir, m, daemon).visible for m in usable):
@@ -324,17 +313,41 @@ def mount_problem(root: HostRoot, state_dir: str, size_kib: int, *,
     return None
 
 
-def mount_problems(root: HostRoot, state_dir: str, sizes_kib: Sequence[int], *,
-                   mount_missing: bool = False) -> list[str]:
-    """``mount_problem`` for several page sizes, reading the mount table and scanning
+def mount_problems(root: HostRoot, state_dir: str,
+                   sizes_kib: Sequence[int]) -> dict[int, str]:
+    """``mount_problem`` per page size that has one, reading the mount table and scanning
     /proc for the daemon once (the hook's prepare: every guest start with hugepages)."""
     if not sizes_kib:
-        return []
+        return {}
     mounts = list_mounts(root)
     daemons = find_daemons(root, quick=True)
-    problems = (mount_problem(root, state_dir, size_kib, mounts=mounts, daemons=daemons,
-                              mount_missing=mount_missing) for size_kib in sizes_kib)
-    return [p for p in problems if p]
+    problems = {size_kib: mount_problem(root, state_dir, size_kib, mounts=mounts,
+                                        daemons=daemons) for size_kib in sizes_kib}
+    return {size: line for size, line in problems.items() if line}
+
+
+def mount_for_next_start(root: HostRoot, state_dir: str, size_kib: int) -> Optional[str]:
+    """The hook's prepare, when a file-backed page size has no hugetlbfs mount at all: mount
+    one at the conventional path now (real host only; allowed by qemu.conf's
+    ``hugetlbfs_mount``), so that the daemon's NEXT start sees it. This start still fails:
+    the line says so and what to do. None when nothing was mounted (a mount of the size
+    exists, a fake root, qemu.conf lists other paths); a failure is part of the line."""
+    if not root.is_real or any(m.page_size_kib == size_kib for m in list_mounts(root)):
+        return None
+    setting = hugetlbfs_mount_setting(root)
+    daemons = find_daemons(root, quick=True)
+    name = daemons[0].name if daemons else "libvirtd"
+    size = format_kib(size_kib)
+    made, failed = _mount_now(root, state_dir, size_kib, setting)
+    if made is None:
+        if not failed:
+            return None
+        return (f"no hugetlbfs mount for {size} pages{failed}: run 'hugexml mounts ensure "
+                f"--size {size} --persist' and restart {name}; {MEMFD_HINT}")
+    return (f"there was no hugetlbfs mount for {size} pages: hugexml mounted {made.path} now; "
+            f"restart {name} so it sees it (libvirt only sees mounts present when it starts) "
+            f"and run 'hugexml mounts ensure --size {size} --persist' to keep it across "
+            f"reboots; {MEMFD_HINT}")
 
 
 def _mount_now(root: HostRoot, state_dir: str, size_kib: int,

@@ -248,27 +248,38 @@ class Doctor:
                      + (", discovered by the running daemon" if self.daemons else ""))
 
     def check_ledger(self) -> Check:
-        from hugexml import ledger as lg
+        """The state store (guest records, host journal) read as status reads it: files a
+        change would quarantine, files already quarantined, books that differ from the
+        kernel, an unfinished pool change."""
+        from hugexml.errors import printable
+        from hugexml.ledger import Store
         from hugexml.txn import read_pool
 
         if not os.path.isdir(self.state_dir):
             return Check("ledger", OK, f"{self.state_dir} does not exist yet: hugexml has "
                          "changed no pool since boot")
-        data = lg.Ledger(self.state_dir).read()
+        gateway = self.gateway()
+        store = Store(self.state_dir, boot_id=gateway.boot_id())
+        state = store.read()
         off = []
-        for pk in sorted(lg.pools_in(data)):
-            node, size_kib = lg.parse_pool_key(pk)
-            now = read_pool(self.gateway(), node, size_kib).persistent
-            expected = lg.expected_pages(data, pk)
-            if now != expected:
-                off.append(f"node {node} {format_kib(size_kib)}: kernel {now}, ledger {expected}")
-        if data.get("intent"):
+        for (node, size_kib), book in sorted(state.journal.pools.items()):
+            now = read_pool(gateway, node, size_kib).persistent
+            if now != book.expected:
+                off.append(f"node {node} {format_kib(size_kib)}: kernel {now}, books "
+                           f"{book.expected}")
+        if state.journal.intent is not None:
             off.append("an interrupted pool change is pending")
-        guests = len(data.get("guests", {}))
+        off.extend(printable(n) for n in state.notes)
+        quarantined = store.quarantined()
+        if quarantined:
+            off.append(f"{len(quarantined)} file(s) in {store.quarantine_dir} (newest: "
+                       f"{printable(quarantined[-1]['why'])})")
         if off:
-            return Check("ledger", WARN, "ledger and kernel differ: " + "; ".join(off),
-                         "hugexml reconcile")
-        return Check("ledger", OK, f"ledger matches the kernel ({guests} guests tracked)")
+            return Check("ledger", WARN, "; ".join(off),
+                         "hugexml reconcile (quarantined files are kept for inspection; "
+                         "remove them when done)")
+        return Check("ledger", OK, f"state matches the kernel ({len(state.guests)} guests "
+                     "with a claim)")
 
     def check_thp(self) -> Check:
         mode = _bracketed(self.root.path("sys/kernel/mm/transparent_hugepage/enabled"))

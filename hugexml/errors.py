@@ -8,6 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7f)}
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character escaped (``\\n``, ``\\x1b``...): a domain name
+    holding a newline or a terminal escape can never forge a line of output."""
+    return str(text).translate(_ESCAPES)
+
 
 class HugexmlError(Exception):
     msg_fmt = "hugexml failed"
@@ -18,8 +26,9 @@ class HugexmlError(Exception):
         if message is None:
             # A KeyError here is a programming error: let it propagate.
             message = self.msg_fmt % kwargs
-        # One line, always: the hook's stderr becomes virsh's error line.
-        self.message = " ".join(str(message).split())
+        # One line, always: the hook's stderr becomes virsh's error line. Whitespace runs
+        # fold to one space; any other control character is escaped.
+        self.message = printable(" ".join(str(message).split()))
         super().__init__(self.message)
 
     def __str__(self) -> str:
@@ -93,7 +102,13 @@ class LockTimeout(HostError):
 
 
 class LedgerError(HostError):
-    msg_fmt = "ledger %(path)s: %(reason)s"
+    msg_fmt = "state %(path)s: %(reason)s"
+
+
+class GuestConflict(InvalidDomain):
+    msg_fmt = ("domain '%(domain)s': uuid %(uuid)s belongs to guest '%(other)s', whose claim "
+               "is %(state)s: two guests cannot share a uuid (release '%(other)s' first)")
+    exit_code = 1
 
 
 class MountMissing(HostError):

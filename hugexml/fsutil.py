@@ -6,6 +6,10 @@ written in full, fsynced, given its mode (and owner), then renamed over the targ
 hard-linked beside it when the target must not be replaced), and the directory fsynced so
 the rename survives a crash. On any failure the temp file is removed and the ``OSError``
 propagates; callers convert it ``from exc`` into their own one-line error.
+
+Temp names are ``.<name>.<pid>.<seq>.<random>.tmp``, created with ``O_EXCL``: a temp file a
+killed process left (even one whose pid is reused) never blocks a later write, and
+``temp_files`` finds such leftovers for the owner of the directory to remove.
 """
 from __future__ import annotations
 
@@ -30,16 +34,41 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def temp_files(directory: str, name: str) -> list[str]:
+    """Leftover temp files of ``write_atomic(<directory>/<name>)`` (full paths)."""
+    prefix = f".{name}."
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return []
+    return [os.path.join(directory, e) for e in entries
+            if e.startswith(prefix) and e.endswith(".tmp")]
+
+
+def _open_temp(directory: str, name: str) -> tuple[int, str]:
+    for _ in range(8):
+        tmp = os.path.join(directory, f".{name}.{os.getpid()}.{next(_SEQUENCE)}."
+                                      f"{os.urandom(4).hex()}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                           | os.O_CLOEXEC, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp file name in {directory}")
+
+
 def write_atomic(path: str, data: bytes, *, mode: Optional[int] = None,
                  keep_mode: bool = False, owner: Optional[tuple[int, int]] = None,
                  exclusive: bool = False, make_dirs: bool = False,
-                 dir_mode: int = 0o755) -> None:
+                 dir_mode: int = 0o755, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically.
 
     ``mode``: the file's permission bits (default: the umask's, or the existing file's
     when ``keep_mode``). ``exclusive``: fail with ``FileExistsError`` rather than replace
     an existing file (backups are never overwritten). ``owner``: (uid, gid), applied when
-    permitted.
+    permitted. ``durable=False`` skips the fsyncs: the rename alone is atomic for every
+    reader and survives a killed process; only a host crash can lose it (state that a
+    reboot voids anyway, such as hugexml's records of the running kernel's pools).
     """
     directory = os.path.dirname(os.path.abspath(path))
     if make_dirs:
@@ -49,11 +78,8 @@ def write_atomic(path: str, data: bytes, *, mode: Optional[int] = None,
             mode = os.stat(path).st_mode & 0o7777
         except FileNotFoundError:
             mode = None
-    # No tempfile import (the hook's path stays lean): pid + sequence, created exclusively.
-    tmp = os.path.join(directory,
-                       f".{os.path.basename(path)}.{os.getpid()}.{next(_SEQUENCE)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
+    # No tempfile import (the hook's path stays lean): pid, sequence and random, O_EXCL.
+    fd, tmp = _open_temp(directory, os.path.basename(path))
     try:
         try:
             os.fchmod(fd, (mode if mode is not None else _umask_mode()) & 0o7777)
@@ -65,7 +91,8 @@ def write_atomic(path: str, data: bytes, *, mode: Optional[int] = None,
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if exclusive:
@@ -74,7 +101,8 @@ def write_atomic(path: str, data: bytes, *, mode: Optional[int] = None,
         else:
             os.replace(tmp, path)
         tmp = ""
-        fsync_dir(directory)
+        if durable:
+            fsync_dir(directory)
     finally:
         if tmp:
             try:

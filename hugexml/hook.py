@@ -1,22 +1,27 @@
-"""The libvirt qemu hook: a dispatch table on (operation, sub-operation).
+"""The libvirt qemu hook: a dispatch table on (operation, sub-operation), and one boundary.
 
 libvirt runs ``qemu NAME OP SUBOP EXTRA`` with the domain XML on stdin, on every guest
-lifecycle event, concurrently for different guests. What each entry does, and why:
+lifecycle event, concurrently for different guests. libvirt stops a guest whose ``started``
+or ``reconnect`` hook exits non-zero, so every entry has a contract, enforced in ``main``
+whatever its handler raises (a ``HugexmlError``, an ``OSError``, a programming error,
+``MemoryError``):
 
-- ``prepare begin`` is the only gate. Guests that name no hugepages leave at once (a bytes
-  search, no lxml). Otherwise: plan, check page sizes and the mounts the daemon can see,
-  reserve through the allocator (claim ``pending``). A ``HugexmlError`` becomes ONE stderr
-  line and exit 1, which libvirt prints in ``virsh start``'s error.
-- ``started begin`` settles the claim, ``reconnect begin`` reconciles it after a daemon
-  restart, ``release end`` gives back what hugexml added. They never fail libvirt: a failing
-  started/reconnect hook makes libvirt kill a running guest over bookkeeping. They log.
-- ``migrate begin`` / ``restore begin`` are XML filters: they print the XML refitted to this
-  host (the input bytes when it already fits). They fail open: on a ``HugexmlError`` they
-  print nothing, which libvirt reads as "unchanged", and ``prepare`` (which runs next, with
-  the same XML) is the gate that explains what does not fit. A programming error keeps its
-  traceback and exits 1, which aborts the restore/migration (the save image or the source
-  guest survives).
-- Anything else: exit 0 without reading stdin (libvirt ignores EPIPE on the XML pipe).
+- ``GATE`` (``prepare begin``): may refuse the start, always with ONE stderr line (exit 1),
+  which ``virsh start`` shows. A programming error's line names it; its traceback goes to
+  the log. Nothing stays allocated (the allocator rolls back what it grew).
+- ``NEVER_FAIL`` (``started begin``, ``reconnect begin``, ``release end``): exit 0 whatever
+  happens, and log the domain, the operation and what went wrong (with the traceback).
+- ``FILTER`` (``migrate begin``, ``restore begin``): print the XML refitted to this host;
+  on any error print nothing, which libvirt reads as "unchanged" (fail open), and log.
+  ``prepare``, which runs next with the same XML, is the gate that explains.
+- Anything else: exit 0 without reading stdin.
+
+What each handler does: ``prepare`` plans, checks that the daemon knows a hugetlbfs mount
+of each file-backed size (making a missing one for the daemon's next start, the one side
+effect besides pages, see ``daemon.mount_for_next_start``), and reserves. ``started`` settles the
+claim. ``release`` gives back. ``reconnect`` reconciles the guest with what the host shows
+(its record comes back if it was lost). Each of them also does due work (owed pages, ended
+keep windows) when the state dir's ``due`` file says so.
 
 The hook never calls libvirt and never imports libvirt-python (the daemon is waiting on it).
 """
@@ -41,9 +46,11 @@ if TYPE_CHECKING:  # pragma: no cover
 # What a domain XML must contain to need hugepages: <memoryBacking><hugepages> or a memory
 # device's <source><pagesize>. libvirt formats its XML itself, without prefixes.
 HUGEPAGE_MARKERS = (b"<hugepages", b"<pagesize")
-LEDGER_FILE = "ledger.json"  # hugexml.ledger.LEDGER_FILE (not imported: it loads json)
-SYSLOG_ADDRESS = "/dev/log"
 READ_LIMIT_BYTES = 16 * 1024 * 1024  # == hugexml.xmlsafe.MAX_XML_BYTES (a test checks)
+GUESTS_DIR = "guests"            # hugexml.ledger.GUESTS_DIR (not imported: it loads json)
+LEGACY_FILE = "ledger.json"      # hugexml.ledger.LEGACY_FILE
+DUE_FILE = "due"                 # hugexml.ledger.DUE_FILE
+GATE, NEVER_FAIL, FILTER = "gate", "never-fail", "filter"
 
 
 def mentions_hugepages(data: bytes) -> bool:
@@ -51,14 +58,25 @@ def mentions_hugepages(data: bytes) -> bool:
 
 
 def domain_uuid(data: bytes) -> Optional[str]:
-    """The domain's <uuid> by a bytes search: libvirt writes it before any nested element.
-    Every hook operation keys the guest by this same function, so the ledger key agrees."""
+    """The domain's <uuid> by a bytes search (libvirt writes it before any nested element),
+    as libvirt spells it; hugexml.records.normalize_uuid makes it a record key."""
     start = data.find(b"<uuid>")
     if start < 0:
         return None
     end = data.find(b"</uuid>", start, start + 100)
     text = data[start + 6:end].strip().decode("ascii", "replace") if end > 0 else ""
     return text if len(text) in (32, 36) else None
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _normal_uuid(text: Optional[str]) -> Optional[str]:
+    """hugexml.records.normalize_uuid without its imports (the hook's fast path)."""
+    digits = (text or "").strip().replace("-", "").lower()
+    if len(digits) != 32 or not _HEX.issuperset(digits):
+        return None
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 class Call:
@@ -71,8 +89,8 @@ class Call:
         self.name, self.op, self.subop = [*argv[1:4], "", "", ""][:3]
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.root = HostRoot.from_env()
-        self.state_dir = state_dir_from_env()
-        self.config_path = config_from_env()
+        self.state_dir = state_dir_from_env(None, self.root)
+        self.config_path = config_from_env(None, self.root)
         self.config_explicit = bool(os.environ.get("HUGEXML_CONFIG"))
         self.started = time.monotonic()
         self.records: list[str] = []
@@ -98,19 +116,41 @@ class Call:
 
         return GuestId(self.name, domain_uuid(self.xml()))
 
-    def ledger_mentions_guest(self) -> bool:
-        """Cheap pre-check before taking the lock: does the ledger name this guest at all?
-        (its uuid, the ledger key, or its name; a byte search, no json)."""
+    def has_record(self) -> bool:
+        """Cheap pre-check before taking the lock: is there a record of this guest (a stat
+        of ``guests/<uuid>.json``; a guest recorded without a uuid only when such records
+        exist at all), or a schema-1 ledger to import? No json, no hashlib."""
+        base = os.path.join(self.state_dir, GUESTS_DIR)
+        uuid = _normal_uuid(domain_uuid(self.xml()))
+        if uuid is not None and os.path.lexists(os.path.join(base, f"{uuid}.json")):
+            return True
+        if os.path.lexists(os.path.join(self.state_dir, LEGACY_FILE)):
+            return True
         try:
-            with open(os.path.join(self.state_dir, LEDGER_FILE), "rb") as fh:
-                raw = fh.read()
-        except FileNotFoundError:
-            return False
+            named = any(n.startswith("name-") for n in os.listdir(base))
         except OSError:
-            return True  # let the allocator report what is wrong
-        uuid = domain_uuid(self.xml())
-        return (uuid is not None and uuid.lower().encode() in raw) or (
-            f'"{self.name}"'.encode("utf-8", "replace") in raw)
+            return False
+        if not named:
+            return False
+        from hugexml.records import RecordError, guest_key
+
+        try:
+            return os.path.lexists(os.path.join(base, f"{guest_key(self.name, None)}.json"))
+        except RecordError:
+            return False
+
+    def work_due(self) -> bool:
+        """Does the state dir's ``due`` file (at most 32 bytes: an epoch time) say that
+        owed pages or an ended keep window wait for a session?"""
+        try:
+            with open(os.path.join(self.state_dir, DUE_FILE), "rb") as fh:
+                text = fh.read(32)
+        except OSError:
+            return False
+        try:
+            return float(text) <= time.time()
+        except ValueError:
+            return True  # not ours to trust: let a session look
 
     # --- collaborators --------------------------------------------------------------
     def config(self) -> Config:
@@ -140,47 +180,33 @@ class Call:
     def log(self, text: str) -> None:
         self.records.append(text)
 
-    def flush_log(self, error: bool, exit_code: int) -> None:
-        """Send the records where ``[hook] log`` says (default: syslog, ``/dev/log``).
+    def log_allocator(self, allocator: Allocator) -> None:
+        """What the allocator's recovery did before this call's work (quarantined files,
+        dropped entries, owed pages): each note is a record."""
+        for note in allocator.report.get("notes", ()):
+            self.log(f"state: {note}")
+        for key in ("recovered", "rebuilt", "balanced", "expired", "keep_ended"):
+            if key in allocator.report:
+                self.log(f"state: {key} {_fmt_counts(allocator.report[key])}")
 
-        A successful call prints nothing on stderr: libvirt keeps a hook's stderr in its
-        debug log and quotes it in errors, and an operator who reads it there should only
-        ever find failures. So when syslog is not listening (no ``/dev/log``: a container, a
-        host without journald/rsyslog) a success record is dropped, and a failure record
-        goes to stderr unless the hook exits non-zero (then the caller's one line is
-        already there and is all libvirt will show). ``log = stderr`` prints every record.
-        """
-        if not self.records:
+    def flush(self, error: bool, trace: str = "", stderr_fallback: bool = True) -> None:
+        """Emit the records (hugexml.hooklog). ``stderr_fallback``: when nothing else can
+        take a failure, its summary line goes to stderr; off when the caller already put
+        the one line there (a refused start)."""
+        if not self.records and not trace:
             return
+        from hugexml.errors import printable
+        from hugexml.hooklog import emit
+
         try:
             mode = self.config().hook_log
         except Exception:  # a broken config was already reported by the handler
             mode = "syslog"
-        if mode == "none":
-            return
         took_ms = (time.monotonic() - self.started) * 1000.0
-        lines = [f"domain '{self.name}' {self.op} {self.subop}: {r} ({took_ms:.0f} ms)"
-                 for r in self.records]
-        if mode == "syslog":
-            if _syslog(lines, error=error) or not error or exit_code != 0:
-                return
-        for line in lines:
-            print(f"hugexml: {line}", file=self.stderr)
-
-
-def _syslog(lines: list[str], error: bool) -> bool:
-    """RFC 3164 datagrams to /dev/log (facility daemon). False when nobody listens."""
-    import socket
-
-    priority = 3 * 8 + (3 if error else 6)  # daemon.err / daemon.info
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            for line in lines:
-                sock.sendto(f"<{priority}>hugexml[{os.getpid()}]: {line}".encode(),
-                            SYSLOG_ADDRESS)
-    except OSError:
-        return False
-    return True
+        head = f"domain '{printable(self.name)}' {self.op} {self.subop}"
+        lines = [f"{head}: {printable(r)} ({took_ms:.0f} ms)" for r in self.records]
+        emit(mode, lines, trace, error, self.state_dir,
+             self.stderr if stderr_fallback else None)
 
 
 # --- handlers ---------------------------------------------------------------------------
@@ -204,21 +230,20 @@ def _fmt_counts(result: Any) -> str:
 
 
 def _check_mounts(call: Call, plan: Plan) -> None:
-    """Each file-backed size needs a hugetlbfs mount the running daemon knows about.
-
-    A mount made now does not save this start (libvirt scans mounts at daemon start): when
-    none exists, hugexml.daemon mounts one for the next daemon start, and the start fails
-    with the line that says to restart the daemon, or to use memfd, which needs no mount.
-    """
+    """Each file-backed size needs a hugetlbfs mount the running daemon knows about. A size
+    with no mount at all gets one for the daemon's next start: prepare's one side effect
+    besides pages (``daemon.mount_for_next_start``); this start fails all the same."""
     sizes = plan.file_backed_sizes_kib
     if not sizes:
         return
-    from hugexml.daemon import mount_problems
+    from hugexml.daemon import mount_for_next_start, mount_problems
     from hugexml.errors import MountMissing
 
-    problems = mount_problems(call.root, call.state_dir, sizes, mount_missing=True)
+    problems = mount_problems(call.root, call.state_dir, sizes)
     if problems:
-        raise MountMissing(domain=plan.domain, reason=problems[0])
+        size_kib, line = sorted(problems.items())[0]
+        made = mount_for_next_start(call.root, call.state_dir, size_kib)
+        raise MountMissing(domain=plan.domain, reason=made or line)
 
 
 def _prepare(call: Call) -> int:
@@ -232,33 +257,60 @@ def _prepare(call: Call) -> int:
     if not plan.hugepages:
         return 0
     _check_mounts(call, plan)
-    added = call.allocator().reserve(plan, call.guest())
+    allocator = call.allocator()
+    try:
+        added = allocator.reserve(plan, call.guest())
+    finally:
+        call.log_allocator(allocator)
     call.log(f"demand {_fmt_demand(plan)}; {_fmt_counts(added)}; claim pending")
     return 0
 
 
 def _started(call: Call) -> int:
-    if call.ledger_mentions_guest():
-        call.allocator().settle(call.guest())
+    if call.has_record():
+        allocator = call.allocator()
+        allocator.settle(call.guest())
+        call.log_allocator(allocator)
         call.log("claim active")
+    elif call.work_due():
+        _tidy(call)
     return 0
 
 
 def _release(call: Call) -> int:
-    if call.ledger_mentions_guest():
-        given = call.allocator().release(call.guest())
+    if call.has_record():
+        allocator = call.allocator()
+        given = allocator.release(call.guest())
+        call.log_allocator(allocator)
         call.log(_fmt_counts({k: v for k, v in given.items() if k != "guest"}))
+    elif call.work_due():
+        _tidy(call)
     return 0
 
 
 def _reconnect(call: Call) -> int:
-    if call.ledger_mentions_guest():
+    """After a daemon restart, for a running guest: reconcile, and give the guest its
+    record back from what the host shows when the record was lost."""
+    data = call.xml()
+    if mentions_hugepages(data) or call.has_record():
+        from hugexml.live import live_guest
+
         guest = call.guest()
+        live = live_guest(call.root, call.name, guest.uuid, data, call.host_info())
         allocator = call.allocator()
-        result = allocator.reconcile(guest)
-        allocator.settle(guest)  # the guest is running: its claim is active
-        call.log(f"reconciled {_fmt_counts(result)}; claim active")
+        result = allocator.reconcile(guest, live=[live])
+        call.log_allocator(allocator)
+        call.log(f"reconciled {_fmt_counts({k: v for k, v in result.items() if k != 'notes'})}")
+    elif call.work_due():
+        _tidy(call)
     return 0
+
+
+def _tidy(call: Call) -> None:
+    allocator = call.allocator()
+    released = allocator.tidy()
+    call.log_allocator(allocator)
+    call.log(f"due work: released {_fmt_counts(released)}")
 
 
 def _filter(call: Call) -> int:
@@ -283,42 +335,82 @@ def _filter(call: Call) -> int:
     return 0
 
 
-# (op, subop) -> (handler, exit code when it raises a HugexmlError)
-DISPATCH: dict[tuple[str, str], tuple[Callable[[Call], int], int]] = {
-    ("prepare", "begin"): (_prepare, 1),
-    ("started", "begin"): (_started, 0),
-    ("release", "end"): (_release, 1),  # libvirt only logs a failing release
-    ("reconnect", "begin"): (_reconnect, 0),
-    ("migrate", "begin"): (_filter, 0),
-    ("restore", "begin"): (_filter, 0),
+# (op, subop) -> (handler, contract)
+DISPATCH: dict[tuple[str, str], tuple[Callable[[Call], int], str]] = {
+    ("prepare", "begin"): (_prepare, GATE),
+    ("started", "begin"): (_started, NEVER_FAIL),
+    ("release", "end"): (_release, NEVER_FAIL),
+    ("reconnect", "begin"): (_reconnect, NEVER_FAIL),
+    ("migrate", "begin"): (_filter, FILTER),
+    ("restore", "begin"): (_filter, FILTER),
 }
 
 
 def main(argv: list[str], stdin: Any, stdout: Any, stderr: Any,
          make_gateway: Optional[GatewayFactory] = None) -> int:
-    """Run one hook call. ``stdin``/``stdout`` are binary, ``stderr`` is text.
-
-    ``make_gateway`` builds the HostGateway from the HostRoot (tests inject a fake kernel).
-    """
+    """Run one hook call under its contract. ``stdin``/``stdout`` are binary, ``stderr`` is
+    text. ``make_gateway`` builds the HostGateway from the HostRoot (tests inject a fake
+    kernel)."""
     entry = DISPATCH.get(tuple(argv[2:4]))  # type: ignore[arg-type]
     if entry is None:
         return 0
-    handler, error_exit = entry
-    call = Call(argv, stdin, stdout, stderr, make_gateway)
+    handler, contract = entry
+    call: Optional[Call] = None
     try:
+        call = Call(argv, stdin, stdout, stderr, make_gateway)
         code = handler(call)
-    except Exception as exc:
-        from hugexml.errors import HugexmlError
-
-        if not isinstance(exc, HugexmlError):
-            raise
-        call.records = [f"failed: {exc}"]
-        if error_exit:
-            print(f"hugexml: {exc}", file=stderr)
-        call.flush_log(error=True, exit_code=error_exit)
-        return error_exit
-    call.flush_log(error=False, exit_code=code)
+    except BaseException as exc:  # the boundary: every failure is contained
+        return _contain(call, contract, exc, argv, stderr)
+    try:
+        call.flush(error=False)
+    except BaseException:  # the work is done: a log cannot undo it
+        pass
     return code
+
+
+def _contain(call: Optional[Call], contract: str, exc: BaseException, argv: list[str],
+             stderr: Any) -> int:
+    """The contract's answer to a failure: the exit code, after the log and (GATE only) the
+    one stderr line. Never raises."""
+    try:
+        from hugexml.errors import HugexmlError, printable
+
+        expected = isinstance(exc, HugexmlError)
+        summary = str(exc) if expected else f"internal error ({type(exc).__name__}: " \
+                                            f"{printable(' '.join(str(exc).split()))[:300]})"
+        trace = "" if expected else _traceback(exc)
+        if contract == GATE:
+            note = "" if expected else "; the traceback is in hugexml's log"
+            stderr.write(f"hugexml: {summary}{note}\n")
+            stderr.flush()
+        if call is None:  # Call() itself failed: log with the defaults
+            name = printable(argv[1] if len(argv) > 1 else "?")
+            from hugexml.hooklog import emit
+
+            state_dir = os.environ.get("HUGEXML_STATE_DIR") or os.path.join(
+                os.environ.get("HUGEXML_ROOT") or "/", "run/hugexml")
+            emit("syslog", [f"domain '{name}' {' '.join(argv[2:4])}: failed: {summary}"],
+                 trace, True, state_dir, stderr if contract != GATE else None)
+        else:
+            if contract == FILTER:
+                call.records.append("failed open (XML passed through unchanged): " + summary)
+            elif contract == NEVER_FAIL:
+                call.records.append(f"failed, exit 0 all the same: {summary}")
+            else:
+                call.records.append(f"refused the start: {summary}")
+            call.flush(error=True, trace=trace, stderr_fallback=contract != GATE)
+    except BaseException:  # even a failing log must not change the exit code
+        pass
+    return 1 if contract == GATE else 0
+
+
+def _traceback(exc: BaseException) -> str:
+    try:
+        import traceback
+
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException:
+        return f"{type(exc).__name__} (no traceback: formatting it failed)"
 
 
 FILTERS = (("migrate", "begin"), ("restore", "begin"))
@@ -330,6 +422,7 @@ def chain(argv: list[str], stdin: Any, stdout: Any, stderr: Any, original: str) 
     The original gets the same arguments and XML. Its non-zero exit stops a start before
     hugexml allocates anything; ``release end`` runs hugexml whatever the original said.
     For the XML filters the original's output (when not empty) is what hugexml refits.
+    hugexml's own part keeps its contract: only the original can fail started/reconnect.
     """
     if not os.access(original, os.X_OK):
         return main(argv, stdin, stdout, stderr)

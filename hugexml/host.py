@@ -35,6 +35,7 @@ THP_ENABLED = "sys/kernel/mm/transparent_hugepage/enabled"
 BUDDYINFO = "proc/buddyinfo"
 MEMINFO = "proc/meminfo"
 DROP_CACHES = "proc/sys/vm/drop_caches"
+BOOT_ID = "proc/sys/kernel/random/boot_id"
 # Largest hugepage size any kernel offers (16 GiB on ppc64); anything larger is bad input.
 MAX_PAGE_KIB = 16 * 1024 * 1024
 MAX_READ_BYTES = 1 << 20  # buddyinfo/meminfo are a few KiB; sysfs attributes < 4 KiB
@@ -319,6 +320,15 @@ class HostGateway:
             raise
         m = _THP_WORD.search(text)
         return m.group(1) if m else None
+
+    def boot_id(self) -> str:
+        """This boot's id (``proc/sys/kernel/random/boot_id``), "" when unknown: state
+        written under another boot id describes pools that no longer exist."""
+        try:
+            text = self.io.read_text(self.root.path(BOOT_ID)).strip()
+        except OSError:
+            return ""
+        return text if len(text) <= 64 and text.isprintable() else ""
 
     def base_page_kib(self) -> int:
         """The base page size of the host (sysconf), 4 for a fake root."""

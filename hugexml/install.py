@@ -28,31 +28,66 @@ MARKER = "# hugexml-hook sha256="
 HOOK_BODY = """\
 # hugexml: libvirt qemu hook. `hugexml install-hook` installs this file with the interpreter
 # above replaced by an absolute path (never a pyenv shim: it costs ~75 ms per guest event).
+# libvirt stops a running guest whose started/reconnect hook exits non-zero: only prepare may
+# fail, so even a broken installation (hugexml not importable) exits 0 everywhere else.
+import os
 import sys
 
-from hugexml.hook import main
-
-sys.exit(main(sys.argv, sys.stdin.buffer, sys.stdout.buffer, sys.stderr))
+try:
+    from hugexml.hook import main
+except BaseException as exc:
+    code = 0  # started/reconnect/release: never stop a guest; filters: XML unchanged
+    if sys.argv[2:4] == ["prepare", "begin"]:
+        data = sys.stdin.buffer.read(16 << 20)
+        if b"<hugepages" in data or b"<pagesize" in data:  # only hugepage guests need us
+            sys.stderr.write(f"hugexml: cannot load hugexml ({type(exc).__name__}: {exc}); "
+                             "hugepage guests cannot start until it is repaired\\n")
+            code = 1
+else:
+    code = main(sys.argv, sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
+try:
+    sys.stdout.flush()
+    sys.stderr.flush()
+except BaseException:  # a closed pipe must not turn exit 0 into 120
+    pass
+os._exit(code)
 """
 
 LEGACY_BODY = """\
 # hugexml: legacy single-file libvirt qemu hook. Runs the admin's previous hook (kept next to
 # this file as qemu.hugexml-orig) first, then hugexml. Installed by `hugexml install-hook --legacy`.
+# libvirt stops a running guest whose started/reconnect hook exits non-zero: only prepare may
+# fail, so even a broken installation (hugexml not importable) exits 0 everywhere else.
 import os
 import sys
 
-from hugexml.hook import chain
-
-ORIGINAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "qemu.hugexml-orig")
-sys.exit(chain(sys.argv, sys.stdin.buffer, sys.stdout.buffer, sys.stderr, ORIGINAL))
+try:
+    from hugexml.hook import chain
+except BaseException as exc:
+    code = 0  # started/reconnect/release: never stop a guest; filters: XML unchanged
+    if sys.argv[2:4] == ["prepare", "begin"]:
+        data = sys.stdin.buffer.read(16 << 20)
+        if b"<hugepages" in data or b"<pagesize" in data:  # only hugepage guests need us
+            sys.stderr.write(f"hugexml: cannot load hugexml ({type(exc).__name__}: {exc}); "
+                             "hugepage guests cannot start until it is repaired\\n")
+            code = 1
+else:
+    ORIGINAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "qemu.hugexml-orig")
+    code = chain(sys.argv, sys.stdin.buffer, sys.stdout.buffer, sys.stderr, ORIGINAL)
+try:
+    sys.stdout.flush()
+    sys.stderr.flush()
+except BaseException:  # a closed pipe must not turn exit 0 into 120
+    pass
+os._exit(code)
 """
 
 
 def render(body: str, python: str, sys_path: Optional[str] = None) -> str:
     """The file text: shebang, marker with the checksum of everything else, body."""
     if sys_path:
-        body = body.replace("\nfrom hugexml.hook import",
-                            f"\nsys.path.insert(0, {sys_path!r})\nfrom hugexml.hook import", 1)
+        body = body.replace("\nimport sys\n", f"\nimport sys\n\nsys.path.insert(0, {sys_path!r})\n",
+                            1)
     rest = f"#!{python} -I\n{body}"
     return _with_marker(rest)
 

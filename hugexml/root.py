@@ -1,7 +1,8 @@
 """The injectable host root. Every host path in hugexml is built here.
 
 ``HostRoot("/")`` is the real host; tests point it at a fake sysfs/procfs tree, as psutil
-resolves its procfs root. Paths are given relative to the root ("sys/kernel/mm").
+resolves its procfs root. Paths are given relative to the root ("sys/kernel/mm"). The
+default state dir and config file live under the root too: ``--root DIR`` means one thing.
 """
 from __future__ import annotations
 
@@ -38,9 +39,15 @@ class HostRoot:
         return f"HostRoot({self.base!r})"
 
 
-def state_dir_from_env(option: str | None = None) -> str:
-    return option or os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR
+def state_dir_from_env(option: str | None = None, root: HostRoot | None = None) -> str:
+    """The state dir: the option, else $HUGEXML_STATE_DIR, else /run/hugexml under the
+    host root (``--root DIR`` means DIR/run/hugexml: a copy of a host never writes the real
+    host's state)."""
+    return option or os.environ.get(STATE_DIR_ENV) or (root or HostRoot()).path(
+        DEFAULT_STATE_DIR)
 
 
-def config_from_env(option: str | None = None) -> str:
-    return option or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+def config_from_env(option: str | None = None, root: HostRoot | None = None) -> str:
+    """The config file: the option, else $HUGEXML_CONFIG, else /etc/hugexml/hugexml.conf
+    under the host root."""
+    return option or os.environ.get(CONFIG_ENV) or (root or HostRoot()).path(DEFAULT_CONFIG)

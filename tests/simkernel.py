@@ -101,6 +101,9 @@ class SimKernel:
                 self.dead = True
             raise self.exc
 
+    def boot_id(self) -> str:
+        return ""
+
     def nodes(self) -> tuple[int, ...]:
         return self.node_ids
 

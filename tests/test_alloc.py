@@ -2,25 +2,24 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import time
 
 import pytest
 from allocfix import G1, M2, guest, make_config, plan
 from simkernel import GIB, Crash, make_kernel
+from statefix import quarantined, snapshot
 
 from hugexml.alloc import Allocator
 from hugexml.errors import (
     HostError,
     InsufficientPages,
-    LedgerError,
     LockTimeout,
     MarginViolation,
     NoSuchHostNode,
     PoolShort,
 )
-from hugexml.ledger import Ledger
+from hugexml.ledger import Store
 
 
 class Clock:
@@ -58,8 +57,7 @@ def counts(kernel, size=M2):
 
 
 def ledger(tmp_path):
-    with open(tmp_path / "state" / "ledger.json") as fh:
-        return json.load(fh)
+    return snapshot(tmp_path / "state")
 
 
 # --- placement on 2, 4 and 8 nodes -------------------------------------------------------
@@ -117,7 +115,7 @@ def test_active_guests_pages_are_the_kernels_business(new_kernel, tmp_path):
     alloc = make(kernel, tmp_path)
     alloc.reserve(plan("a", (8, (0,), "strict")), guest("a"))
     kernel.map(0, M2, 8)
-    assert alloc.settle(guest("a")) == {"guest": "a", "state": "active"}
+    assert alloc.settle(guest("a"))["state"] == "active"
     alloc.reserve(plan("b", (4, (0,), "strict")), guest("b"))
     assert kernel.nr(0, M2) == 12
 
@@ -138,11 +136,11 @@ def test_reserve_is_idempotent(new_kernel, tmp_path):
     assert first["added"] == {"1:2048": 6} and second["added"] == {}
     assert kernel.nr(1, M2) == 6
     data = ledger(tmp_path)
-    assert list(data["guests"]) == ["0f5e7c1a-0000-4000-8000-000000000001"]
+    assert [g["key"] for g in data["guests"].values()] == ["0f5e7c1a-0000-4000-8000-000000000001"]
     # a bigger demand extends the claim by the difference only
     alloc.reserve(plan("vm", (9, (1,), "strict")), guest("vm", p.uuid))
     assert kernel.nr(1, M2) == 9
-    assert ledger(tmp_path)["guests"][p.uuid.lower()]["added"] == {"1:2048": 9}
+    assert ledger(tmp_path)["guests"]["vm"]["added"] == {"1:2048": 9}
 
 
 def test_1g_pages(new_kernel, tmp_path):
@@ -387,19 +385,19 @@ def test_kill_during_reserve_is_recovered(new_kernel, tmp_path, crash_at):
 def test_kill_between_sysfs_write_and_commit(new_kernel, tmp_path, monkeypatch):
     kernel = new_kernel(nodes=1)
     alloc = make(kernel, tmp_path)
-    real_write = Ledger.write
+    real_write = Store.write_journal
     writes = []
 
-    def write(self, data):
+    def write(self, journal):
         writes.append(1)
         if len(writes) == 2:  # the commit, after the intent and the kernel writes
             raise Crash()
-        real_write(self, data)
+        real_write(self, journal)
 
-    monkeypatch.setattr(Ledger, "write", write)
+    monkeypatch.setattr(Store, "write_journal", write)
     with pytest.raises(Crash):
         alloc.reserve(plan("vm", (8, (0,), "strict")), guest("vm"))
-    monkeypatch.setattr(Ledger, "write", real_write)
+    monkeypatch.setattr(Store, "write_journal", real_write)
     assert kernel.nr(0, M2) == 8 and ledger(tmp_path)["intent"]["op"] == "grow"
     report = make(kernel, tmp_path).reconcile()
     assert report["recovered"]["pools"] == {"0:2048": {"added_then_owed_back": 8}}
@@ -421,18 +419,39 @@ def test_kill_during_release_shrink(new_kernel, tmp_path):
     assert data["guests"] == {} and data["unreleased"] == {} and data["baseline"] == {}
 
 
-def test_corrupt_ledger_fails_then_reconcile_moves_it_aside(new_kernel, tmp_path):
+def test_a_corrupt_journal_is_quarantined_and_rebuilt_from_the_records(new_kernel, tmp_path):
+    kernel = new_kernel(nodes=1)
+    kernel.set(0, M2, persistent=3)  # the admin's
+    alloc = make(kernel, tmp_path)
+    alloc.reserve(plan("vm", (5, (0,), "strict")), guest("vm"))
+    assert kernel.nr(0, M2) == 5
+    (tmp_path / "state" / "host.json").write_text("{broken")
+    alloc.reserve(plan("other", (1, (0,), "strict")), guest("other"))  # nobody is blocked
+    assert "host journal unreadable" in " ".join(alloc.report["notes"])
+    assert [q for q in quarantined(tmp_path / "state") if "host.json" in q]
+    data = ledger(tmp_path)
+    assert data["guests"]["vm"]["added"] == {"0:2048": 2}
+    assert data["baseline"] == {"0:2048": 3}  # rebuilt: the kernel's pages no record names
+    assert data["guests"]["other"]["added"] == {"0:2048": 1}  # vm's pending claim held
+    alloc.release(guest("vm"))
+    alloc.release(guest("other"))
+    assert kernel.nr(0, M2) == 3  # every page hugexml added given back, no admin page taken
+
+
+def test_a_corrupt_guest_record_affects_only_that_guest(new_kernel, tmp_path):
     kernel = new_kernel(nodes=1)
     alloc = make(kernel, tmp_path)
-    alloc.reserve(plan("vm", (2, (0,), "strict")), guest("vm"))
-    with open(tmp_path / "state" / "ledger.json", "w") as fh:
-        fh.write("{broken")
-    with pytest.raises(LedgerError):
-        alloc.reserve(plan("vm", (2, (0,), "strict")), guest("vm"))
-    report = alloc.reconcile()
-    assert os.path.exists(report["corrupt"]["moved_to"])
-    assert kernel.nr(0, M2) == 2  # pages it cannot explain are never freed
-    alloc.reserve(plan("vm", (2, (0,), "strict")), guest("vm"))
+    alloc.reserve(plan("vm", (4, (0,), "strict")), guest("vm"))
+    alloc.reserve(plan("ok", (2, (0,), "strict")), guest("ok"))
+    key = ledger(tmp_path)["guests"]["vm"]["key"]
+    (tmp_path / "state" / "guests" / f"{key}.json").write_text(
+        '{"schema": 2, "name": "vm", "state": "pending", "updated": "soon"}')
+    alloc.settle(guest("ok"))
+    assert ledger(tmp_path)["guests"]["ok"]["state"] == "active"
+    assert quarantined(tmp_path / "state") and "vm" not in ledger(tmp_path)["guests"]
+    assert ledger(tmp_path)["unreleased"] == {"0:2048": 4}  # vm's pages: owed back
+    alloc.release(guest("ok"))
+    assert kernel.nr(0, M2) == 0
 
 
 def test_reconcile_clamps_and_reports_outside_changes(new_kernel, tmp_path):
@@ -453,7 +472,7 @@ def test_reconcile_clamps_and_reports_outside_changes(new_kernel, tmp_path):
 def test_lock_timeout(new_kernel, tmp_path):
     kernel = new_kernel(nodes=1)
     alloc = make(kernel, tmp_path, lock_timeout_s=0.2)
-    with Ledger(str(tmp_path / "state")).lock():
+    with Store(str(tmp_path / "state")).lock():
         with pytest.raises(LockTimeout):
             alloc.reserve(plan("vm", (2, (0,), "strict")), guest("vm"))
     assert kernel.writes == []
@@ -487,7 +506,7 @@ def test_a_start_waiting_behind_a_slow_grow_outlasts_it_with_the_default_ratio(t
     slow = threading.Thread(target=big)
     slow.start()
     deadline = time.monotonic() + 5
-    while not os.path.exists(os.path.join(state, "ledger.json")):
+    while not os.path.exists(os.path.join(state, "host.json")):
         assert time.monotonic() < deadline
         time.sleep(0.005)  # the slow grow wrote its intent: it holds the lock, adds pages
     try:
@@ -503,5 +522,5 @@ def test_snapshot_needs_no_lock(new_kernel, tmp_path):
     kernel = new_kernel(nodes=1)
     alloc = make(kernel, tmp_path)
     alloc.reserve(plan("vm", (2, (0,), "strict")), guest("vm"))
-    with Ledger(str(tmp_path / "state")).lock():
-        assert alloc.snapshot()["guests"]["vm"]["state"] == "pending"
+    with Store(str(tmp_path / "state")).lock():
+        assert [r.state for r in alloc.snapshot().guests.values()] == ["pending"]

@@ -71,12 +71,14 @@ def test_allocate_dry_run_writes_nothing_on_the_host(kernel, tmp_path, capsys):
         assert kernel.fk.writes() == []         # the sysfs tree saw no write at all
     # with a state dir and a ledger in place, a dry run still only reads them
     run("allocate", ["--size", "2M", "--count", "2", "--node", "0"], tmp_path, capsys)
-    before = {p.name: p.read_bytes() for p in state.iterdir()}
+    def files():
+        return {str(p): p.read_bytes() for p in state.rglob("*") if p.is_file()}
+    before = files()
     writes = list(kernel.writes)
     code, out = run("allocate", ["--size", "2M", "--count", "4", "--node", "1", "--dry-run"],
                     tmp_path, capsys)
     assert code == 0 and out.strip() == "would add: node 1: 4 x 2M"
-    assert {p.name: p.read_bytes() for p in state.iterdir()} == before
+    assert files() == before
     assert kernel.writes == writes
 
 
@@ -114,23 +116,30 @@ def test_status_shows_pools_guests_and_json(kernel, tmp_path, capsys):
     assert [g["name"] for g in status["guests"]] == ["vm1"]
     code, out = run("status", [], tmp_path, capsys)
     assert code == 0
-    assert "vm1 (vm1): pending; added node 1: 5 x 2M" in out
+    assert "  vm1 (name-" in out and "): pending; added node 1: 5 x 2M" in out
     assert out.splitlines()[0].split() == ["node", "size", "total", "free", "resv<=",
                                            "surplus", "claimed", "added", "allocatable"]
 
 
-def test_status_survives_a_corrupt_ledger(kernel, tmp_path, capsys):
-    (tmp_path / "state").mkdir(mode=0o700)
-    (tmp_path / "state" / "ledger.json").write_text("{oops")
+@pytest.mark.parametrize("name", ["host.json", "ledger.json", "guests/name-00.json"])
+def test_status_reports_a_bad_state_file_and_reconcile_quarantines_it(kernel, tmp_path, capsys,
+                                                                      name):
+    (tmp_path / "state" / "guests").mkdir(mode=0o700, parents=True)
+    (tmp_path / "state" / name).write_text("{oops")
     code, out = run("status", [], tmp_path, capsys)
-    assert code == 0 and "ledger" in out and "corrupt" in out
+    assert code == 0 and f"state: {tmp_path}/state/{name}: " in out
+    assert "the next change moves it to" in out
     code, out = run("reconcile", ["--json"], tmp_path, capsys)
-    assert "moved_to" in json.loads(out)["corrupt"]
+    (note,) = json.loads(out)["notes"]
+    assert f"{name}: " in note and "moved to" in note
+    code, out = run("status", ["--json"], tmp_path, capsys)
+    status = json.loads(out)
+    assert status["state_notes"] == [] and len(status["quarantine"]) == 1
 
 
 def test_release_unknown_and_known(kernel, tmp_path, capsys):
     code, out = run("release", ["ghost"], tmp_path, capsys)
-    assert code == 1 and "ghost: not in the ledger" in out
+    assert code == 1 and "ghost: no claim" in out
     from hugexml.alloc import Allocator
     from hugexml.model import DemandItem, GuestId, Plan
 

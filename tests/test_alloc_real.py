@@ -52,7 +52,7 @@ def test_2m_pages_reserve_settle_release(real_host, tmp_path):
     released = alloc.release(guest("real2m"))
     assert released["released"] == result["added"]
     assert read(M2, "nr_hugepages") == admin  # the admin's pool is never shrunk
-    assert alloc.snapshot()["guests"] == {}
+    assert alloc.snapshot().guests == {}
 
 
 def test_1g_page_reserve_release(real_host, tmp_path):

@@ -22,9 +22,18 @@ Invariants after every step:
   use or reserved (which is how a running guest's pages would be "taken");
 - every pending guest's promised pages are free right now, so it can map them when it starts;
 - a failed transaction leaves every count as it was; no intent survives the next run.
+
+A rule also breaks the state files as a bad disk, a bug or a hand edit would: a guest's
+record corrupted, truncated, deleted or given a field of the wrong type (``break_record``),
+or the host journal itself (``break_journal``). A lost record never leaks its pages (the
+journal's per-pool guest total makes them owed back) and never lets hugexml free a page it
+did not add. A lost journal is rebuilt from the records and the kernel: the pages it alone
+knew (admin, kept, owed) are counted as others' from then on, never freed.
 """
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import tempfile
 
@@ -33,8 +42,8 @@ from allocfix import G1, M2, guest, make_config, plan
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from simkernel import GIB, Crash, make_kernel
+from statefix import snapshot
 
-from hugexml import ledger as lg
 from hugexml.alloc import Allocator
 from hugexml.errors import HugexmlError
 
@@ -52,17 +61,53 @@ demand_item = st.tuples(
 )
 
 
-def deficit_rank(data: lg.Ledger_t, bucket: str) -> int:
-    """Where a bucket comes in the order a deficit is charged (recovery.deficit_order)."""
+def pk_of(pool: tuple[int, int]) -> str:
+    return f"{pool[0]}:{pool[1]}"
+
+
+def pool_of(pk: str) -> tuple[int, int]:
+    node, size = pk.split(":")
+    return int(node), int(size)
+
+
+def count(data: dict, bucket: str, pk: str) -> int:
+    return int(data[bucket].get(pk, 0))
+
+
+def expected(data: dict, pk: str) -> int:
+    return sum(count(data, b, pk) for b in ("baseline", "admin", "kept", "unreleased",
+                                            "guests_total"))
+
+
+def held(data: dict, pk: str) -> int:
+    """Pages the books say hugexml holds in a pool (everything but the baseline)."""
+    return expected(data, pk) - count(data, "baseline", pk)
+
+
+def tracked(data: dict) -> set[str]:
+    return {pk for b in ("baseline", "admin", "kept", "unreleased", "guests_total")
+            for pk in data[b]}
+
+
+def pending_claims(data: dict, pk: str) -> int:
+    return sum(r["claimed"].get(pk, 0) for r in data["guests"].values()
+               if r["state"] == "pending")
+
+
+def deficit_rank(bucket: str) -> int:
+    """Where a bucket comes in the order a deficit is charged (recovery.sync)."""
     if bucket.startswith("guest:"):
-        return 1 if data["guests"][bucket[6:]]["state"] == "releasing" else 3
+        return 3
     return {"unreleased": 0, "kept": 2, "admin": 4, "baseline": 5}[bucket]
 
 
-def bucket_count(data: lg.Ledger_t, bucket: str, pk: str) -> int:
+def bucket_count(data: dict, bucket: str, pk: str) -> int:
     if bucket.startswith("guest:"):
-        return lg.count(data["guests"][bucket[6:]]["added"], pk)
-    return lg.count(data[bucket], pk)
+        return data["guests"][bucket[6:]]["added"].get(pk, 0)
+    return count(data, bucket, pk)
+
+
+BREAKS = ("garbage", "truncate", "delete", "wrong-type", "directory")
 
 
 class AllocatorMachine(RuleBasedStateMachine):
@@ -88,6 +133,7 @@ class AllocatorMachine(RuleBasedStateMachine):
         self.alloc = self.new_process()
         self.state = dict.fromkeys(GUESTS, "stopped")  # stopped | pending | active
         self.mapped: dict[str, dict[tuple[int, int], int]] = {g: {} for g in GUESTS}
+        self.lost: set[str] = set()  # guests whose record a break_record destroyed
 
     def teardown(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -99,8 +145,8 @@ class AllocatorMachine(RuleBasedStateMachine):
     def counts(self) -> dict[tuple[int, int], tuple[int, int]]:
         return {pool: (p.persistent, p.surplus) for pool, p in self.kernel.pools.items()}
 
-    def ledger(self) -> lg.Ledger_t:
-        return lg.Ledger(self.dir).read()
+    def ledger(self) -> dict:
+        return snapshot(self.dir)
 
     # --- guest lifecycle -------------------------------------------------------------
     @rule(g=st.sampled_from(GUESTS), items=st.lists(demand_item, min_size=1, max_size=3))
@@ -112,17 +158,21 @@ class AllocatorMachine(RuleBasedStateMachine):
             self.alloc.reserve(plan(g, *items), guest(g))
         except HugexmlError:
             assert self.counts() == before, "a failed reserve changed the pools"
-            assert self.ledger()["guests"].get(g) == record
+            if g not in self.lost:
+                assert self.ledger()["guests"].get(g) == record
             return
         self.state[g] = "pending"
+        self.lost.discard(g)
 
-    @precondition(lambda self: any(s == "pending" for s in self.state.values()))
+    @precondition(lambda self: any(s == "pending" and g not in self.lost
+                                   for g, s in self.state.items()))
     @rule(data=st.data())
     def start(self, data: st.DataObject) -> None:
-        g = data.draw(st.sampled_from([g for g, s in self.state.items() if s == "pending"]))
+        g = data.draw(st.sampled_from([g for g, s in self.state.items()
+                                       if s == "pending" and g not in self.lost]))
         claimed = self.ledger()["guests"][g]["claimed"]
         for pk, pages in claimed.items():  # qemu maps the promised pages
-            pool = lg.parse_pool_key(pk)
+            pool = pool_of(pk)
             self.kernel.map(*pool, pages)
             self.mapped[g][pool] = pages
         self.alloc.settle(guest(g))
@@ -135,6 +185,49 @@ class AllocatorMachine(RuleBasedStateMachine):
         self.mapped[g] = {}
         self.alloc.release(guest(g))  # libvirt calls release for failed starts too
         self.state[g] = "stopped"
+        self.lost.discard(g)
+
+    # --- broken state files ----------------------------------------------------------------
+    @precondition(lambda self: any(s != "stopped" and g not in self.lost
+                                   for g, s in self.state.items()))
+    @rule(data=st.data(), how=st.sampled_from(BREAKS))
+    def break_record(self, data: st.DataObject, how: str) -> None:
+        g = data.draw(st.sampled_from([g for g, s in self.state.items()
+                                       if s != "stopped" and g not in self.lost]))
+        path = os.path.join(self.dir, "guests", self.ledger()["guests"][g]["key"] + ".json")
+        text = open(path, "rb").read()
+        os.unlink(path)
+        if how == "garbage":
+            open(path, "wb").write(os.urandom(64))
+        elif how == "truncate":
+            open(path, "wb").write(text[:len(text) // 2])
+        elif how == "wrong-type":
+            raw = json.loads(text)
+            raw["updated"] = "soon"
+            open(path, "w").write(json.dumps(raw))
+        elif how == "directory":
+            os.mkdir(path)
+        self.lost.add(g)  # the guest itself runs on (or stays prepared) regardless
+
+    @rule(how=st.sampled_from(("garbage", "delete")))
+    def break_journal(self, how: str) -> None:
+        """The host journal lost: the next session rebuilds it from the records and the
+        kernel. What it alone knew (admin, kept and owed pages) is others' from then on."""
+        path = os.path.join(self.dir, "host.json")
+        if not os.path.exists(path):
+            return
+        self.alloc.tidy()  # records lost earlier: their pages are owed back first
+        before = self.ledger()
+        os.unlink(path)
+        if how == "garbage":
+            open(path, "wb").write(os.urandom(64))
+        counts = self.counts()
+        self.alloc.tidy()  # the rebuild
+        assert self.counts() == counts, "rebuilding the books changed a pool"
+        for pool in self.kernel.pools:
+            pk = pk_of(pool)
+            self.outside[pool] += sum(count(before, b, pk) for b in ("admin", "kept",
+                                                                      "unreleased"))
 
     # --- kill -9 in the middle of a transaction --------------------------------------------
     @rule(g=st.sampled_from(GUESTS), at=st.integers(1, 3),
@@ -168,9 +261,8 @@ class AllocatorMachine(RuleBasedStateMachine):
 
     @rule(size=st.sampled_from(SIZES), node=st.integers(0, NODES - 1), frac=st.floats(0, 1))
     def admin_shrink(self, size: int, node: int, frac: float) -> None:
-        data, pk = self.ledger(), lg.pool_key(node, size)
-        owed = (lg.count(data["admin"], pk) + lg.count(data["unreleased"], pk)
-                + lg.count(data["kept"], pk) + lg.guest_added(data, pk, ("releasing",)))
+        data, pk = self.ledger(), pk_of((node, size))
+        owed = count(data, "admin", pk) + count(data, "unreleased", pk) + count(data, "kept", pk)
         self.alloc.shrink_admin(size, int(owed * frac), node)  # never more than hugexml's
 
     @rule()
@@ -179,12 +271,13 @@ class AllocatorMachine(RuleBasedStateMachine):
 
     def checked_reconcile(self) -> dict:
         """reconcile, checking its report against the ledger and the kernel before it ran."""
+        self.alloc.tidy()  # quarantine and balance first: the report below is sync's alone
         before = self.ledger()
         claims = {g: dict(r["claimed"]) for g, r in before["guests"].items()
                   if r["state"] in ("pending", "active")}
         pools = self.kernel.pools
-        gaps = {pk: pools[lg.parse_pool_key(pk)].persistent - lg.expected_pages(before, pk)
-                for pk in lg.pools_in(before)}
+        gaps = {pk: pools[pool_of(pk)].persistent - expected(before, pk)
+                for pk in tracked(before)}
         report = self.alloc.reconcile()
         grown, clamped = report.get("unexplained_growth", {}), report.get("clamped", {})
         for pk, gap in gaps.items():
@@ -193,20 +286,21 @@ class AllocatorMachine(RuleBasedStateMachine):
         assert set(grown) | set(clamped) <= {pk for pk, gap in gaps.items() if gap}, report
         for pk, taken in clamped.items():  # a deficit is hugexml's first: owed back, kept,
             names = list(taken)            # guests', admin; others' pages (baseline) last
-            assert names == sorted(names, key=lambda b: deficit_rank(before, b)), (pk, report)
+            assert names == sorted(names, key=deficit_rank), (pk, report)
             for name in names[:-1]:
-                assert taken[name] == bucket_count(before, name, pk), (pk, name, report)
+                if not name.startswith("guest:"):
+                    assert taken[name] == bucket_count(before, name, pk), (pk, name, report)
             if "baseline" in taken:
-                assert sum(taken.values()) - taken["baseline"] == lg.hugexml_pages(before, pk)
+                assert sum(taken.values()) - taken["baseline"] == held(before, pk)
         after = self.ledger()
         for g, claimed in claims.items():  # a live guest's promise survives any difference
             assert after["guests"][g]["claimed"] == claimed, (g, report)
-        for pk in lg.pools_in(after):  # the ledger explains the kernel again
-            pool = lg.parse_pool_key(pk)
+        for pk in tracked(after):  # the books explain the kernel again
+            pool = pool_of(pk)
             nr = self.kernel.pools[pool].persistent
-            assert lg.expected_pages(after, pk) == nr, (pk, report)
+            assert expected(after, pk) == nr, (pk, report)
             if not self.shrunk[pool]:
-                assert lg.count(after["baseline"], pk) == self.outside[pool], (pk, report)
+                assert count(after, "baseline", pk) == self.outside[pool], (pk, report)
         return report
 
     # --- others write nr_hugepages behind hugexml's back ---------------------------------
@@ -216,16 +310,16 @@ class AllocatorMachine(RuleBasedStateMachine):
                              reconcile_now: bool) -> None:
         """``echo N > .../nodeN/hugepages/hugepages-SkB/nr_hugepages`` by someone else: grow,
         or shrink by free pages that are neither claimed by a pending guest nor hugexml's."""
-        pool, pk = (node, size), lg.pool_key(node, size)
+        pool, pk = (node, size), pk_of((node, size))
         p, data = self.kernel.pools[pool], self.ledger()
         if delta < 0:  # others shrink only their own free pages that nobody was promised
-            spare = min(p.free - p.resv - lg.pending_claims(data, pk),
+            spare = min(p.free - p.resv - pending_claims(data, pk),
                         self.outside[pool] - self.outside_used[pool])
             delta = -min(-delta, max(spare, 0))
         if delta == 0:
             return
         nr = p.persistent  # SimKernel's pools are live objects: keep the count
-        gap_before = nr - lg.expected_pages(data, pk)
+        gap_before = nr - expected(data, pk)
         if delta > 0:  # the gateway refuses a pool larger than the node's memory
             delta = min(delta, self.kernel.gw.max_pages(node, size) - nr)
             if delta <= 0:
@@ -237,10 +331,10 @@ class AllocatorMachine(RuleBasedStateMachine):
         assert changed == delta if delta < 0 else 0 <= changed <= delta
         self.outside[pool] += changed
         self.shrunk[pool] += max(0, -changed)
-        if reconcile_now and changed:
-            tracked = pk in lg.pools_in(self.ledger())
+        if reconcile_now and changed and not self.lost and not data["notes"]:
+            in_books = pk in tracked(self.ledger())
             report = self.checked_reconcile()
-            if tracked:
+            if in_books:
                 gap = gap_before + changed
                 assert report.get("unexplained_growth", {}).get(pk, 0) == max(gap, 0), report
                 assert sum(report.get("clamped", {}).get(pk, {}).values()) == max(-gap, 0)
@@ -251,12 +345,12 @@ class AllocatorMachine(RuleBasedStateMachine):
         data = self.ledger()
         assert data["intent"] is None
         for pool, p in self.kernel.pools.items():
-            pk = lg.pool_key(*pool)
+            pk = pk_of(pool)
             mine = p.persistent - self.outside[pool]  # what hugexml really holds there
             assert mine >= 0, f"{pk}: hugexml freed {-mine} pages it did not add"
-            held = lg.hugexml_pages(data, pk)
-            assert held <= mine, f"{pk}: the ledger claims {held} pages, hugexml added {mine}"
-            assert held >= mine - self.shrunk[pool], f"{pk}: {mine - held} pages leaked"
+            books = held(data, pk)
+            assert books <= mine, f"{pk}: the books claim {books} pages, hugexml added {mine}"
+            assert books >= mine - self.shrunk[pool], f"{pk}: {mine - books} pages leaked"
             if pk in data["baseline"] and not self.shrunk[pool]:
                 assert data["baseline"][pk] <= self.outside[pool], f"baseline of {pk} grew"
 
@@ -269,13 +363,13 @@ class AllocatorMachine(RuleBasedStateMachine):
     def promises_can_be_kept(self) -> None:
         data = self.ledger()
         for pool, p in self.kernel.pools.items():
-            assert p.free - p.resv >= lg.pending_claims(data, lg.pool_key(*pool)), pool
+            assert p.free - p.resv >= pending_claims(data, pk_of(pool)), pool
 
     @invariant()
     def ledger_knows_every_running_guest(self) -> None:
         guests = self.ledger()["guests"]
         for g, s in self.state.items():
-            if s != "stopped":
+            if s != "stopped" and g not in self.lost:
                 assert guests[g]["state"] == s
 
 

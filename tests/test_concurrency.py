@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from simkernel import GIB, FileSimKernel
 
-from hugexml import ledger as lg
+from hugexml.ledger import Store
+from hugexml.records import PoolBook
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "alloc_worker.py"
@@ -69,17 +70,19 @@ def test_32_processes_reserve_at_once(tmp_path, kind):
         results[name] = json.loads(out)
         assert "error" not in results[name], results[name]
         assert sum(results[name]["claimed"].values()) == pages
-    data = lg.Ledger(str(state)).read()
+    state_ = Store(str(state)).load(repair=False)
     gw = open_gateway()
     live = {name for name, _, release, _ in procs if not release}
-    assert set(data["guests"]) == live
-    assert data["intent"] is None and data["unreleased"] == {}
+    assert {r.name for r in state_.guests.values()} == live and state_.notes == []
+    assert state_.journal.intent is None
     for node in range(NODES):
-        pk = lg.pool_key(node, 2048)
+        pool_ = (node, 2048)
         pool = gw.node_pool(node, 2048)
-        added = lg.guest_added(data, pk)
-        claimed = lg.pending_claims(data, pk)
+        book = state_.journal.pools.get(pool_, PoolBook())
+        added = sum(r.added.get(pool_, 0) for r in state_.guests.values())
+        claimed = sum(r.claimed.get(pool_, 0) for r in state_.guests.values())
+        assert book.unreleased == 0 and book.guests == added
         # nothing was there before: every page is one hugexml added for a live guest ...
-        assert pool.nr == added == lg.hugexml_pages(data, pk), pk
+        assert pool.nr == added == book.hugexml_pages, pool_
         # ... and every page is promised exactly once (no double allocation, none missing)
-        assert claimed == pool.nr == pool.free, pk
+        assert claimed == pool.nr == pool.free, pool_

@@ -192,7 +192,7 @@ def test_the_hooks_no_op_path_does_not_import_psutil(host):
     code = ("import sys; from hugexml.root import HostRoot; from hugexml.daemon import "
             f"mount_problems; r = mount_problems(HostRoot({str(host.base)!r}), '/nonexistent', "
             f"[{G1}]); assert 'psutil' not in sys.modules and 'lxml' not in sys.modules; "
-            "print(r[0])")
+            "print(r[1048576])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("hugetlbfs /dev/hugepages1G (1G) was mounted after libvirtd")
 
@@ -206,8 +206,8 @@ def test_mount_problems_scans_for_the_daemon_once_for_all_sizes(host, monkeypatc
     problems = dm.mount_problems(host.root, host.state, [M2, G1])
     assert len(scans) == 1
     one_by_one = [dm.mount_problem(host.root, host.state, size) for size in (M2, G1)]
-    assert problems == [p for p in one_by_one if p] and len(problems) == 2
-    assert dm.mount_problems(host.root, host.state, []) == []
+    assert list(problems.values()) == [p for p in one_by_one if p] and len(problems) == 2
+    assert dm.mount_problems(host.root, host.state, []) == {}
 
 
 def test_mounts_listed_match_the_table(host):
@@ -215,7 +215,8 @@ def test_mounts_listed_match_the_table(host):
     assert [m.path for m in list_mounts(host.root)] == ["/a"]
 
 
-def test_mount_missing_never_mounts_under_a_fake_root(host):
-    line = dm.mount_problem(host.root, host.state, G1, daemons=[], mount_missing=True)
+def test_mount_problem_is_a_query_and_mounting_is_a_separate_step(host):
+    line = dm.mount_problem(host.root, host.state, G1, daemons=[])
     assert line.startswith("no hugetlbfs mount for 1G pages: run 'hugexml mounts ensure")
+    assert dm.mount_for_next_start(host.root, host.state, G1) is None  # never under a fake root
     assert not (host.base / "dev").exists() and not os.path.exists(host.state)

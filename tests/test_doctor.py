@@ -188,18 +188,19 @@ def test_hook_missing_or_not_executable(host):
     assert host.doctor()["hook"].fix == "hugexml install-hook"
 
 
-def test_ledger_that_disagrees_with_the_kernel_asks_for_reconcile(host):
+def test_state_that_disagrees_with_the_kernel_asks_for_reconcile(host):
     os.makedirs(host.state)
-    ledger = {"version": 1, "baseline": {"0:2048": 10}, "admin": {}, "kept": {},
-              "unreleased": {}, "guests": {}, "intent": None, "events": []}
-    Path(host.state, "ledger.json").write_text(json.dumps(ledger))
+    journal = {"schema": 2, "pools": {"0:2048": {"baseline": 4, "unreleased": 6}}}
+    Path(host.state, "host.json").write_text(json.dumps(journal))
     check = host.doctor()["ledger"]
-    assert check.status == WARN and check.fix == "hugexml reconcile"
-    assert "node 0 2M: kernel 0, ledger 10" in check.message
+    assert check.status == WARN and check.fix.startswith("hugexml reconcile")
+    assert "node 0 2M: kernel 0, books 10" in check.message
     host.sim.set(0, M2, persistent=10)
     assert host.doctor()["ledger"].status == OK
-    Path(host.state, "ledger.json").write_text("{not json")
-    assert host.doctor()["ledger"].status == FAIL
+    Path(host.state, "host.json").write_text("{not json")
+    check = host.doctor()["ledger"]
+    assert check.status == WARN and "host journal unreadable" in check.message
+    assert Path(host.state, "host.json").read_text() == "{not json"   # doctor moves nothing
 
 
 def test_thp_defrag_always_warns(host):

@@ -6,6 +6,7 @@ injection point; the no-op paths are checked in a subprocess for what they impor
 from __future__ import annotations
 
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hugexml import hook
+from hugexml import hook, hooklog
 
 REPO = Path(__file__).resolve().parents[1]
 PLAIN = b"""<domain type='kvm'>
@@ -59,7 +60,7 @@ def isolated(tmp_path, monkeypatch):
     (tmp_path / "hugexml.conf").write_text("# defaults\n")
     monkeypatch.setenv("HUGEXML_CONFIG", str(tmp_path / "hugexml.conf"))
     monkeypatch.setenv("HUGEXML_ROOT", str(tmp_path / "emptyroot"))
-    monkeypatch.setattr(hook, "SYSLOG_ADDRESS", str(tmp_path / "no-syslog"))
+    monkeypatch.setattr(hooklog, "SYSLOG_ADDRESS", str(tmp_path / "no-syslog"))
 
 
 # --- the table ---------------------------------------------------------------------------
@@ -69,8 +70,9 @@ def test_dispatch_table_handles_exactly_the_documented_operations():
         ("reconnect", "begin"), ("migrate", "begin"), ("restore", "begin")}
     # only prepare may fail a start; started/reconnect must never make libvirt kill a guest
     assert {k: v[1] for k, v in hook.DISPATCH.items()} == {
-        ("prepare", "begin"): 1, ("started", "begin"): 0, ("release", "end"): 1,
-        ("reconnect", "begin"): 0, ("migrate", "begin"): 0, ("restore", "begin"): 0}
+        ("prepare", "begin"): hook.GATE, ("started", "begin"): hook.NEVER_FAIL,
+        ("release", "end"): hook.NEVER_FAIL, ("reconnect", "begin"): hook.NEVER_FAIL,
+        ("migrate", "begin"): hook.FILTER, ("restore", "begin"): hook.FILTER}
 
 
 @pytest.mark.parametrize("argv", [
@@ -151,49 +153,66 @@ def test_syslog_records_go_to_dev_log_as_one_datagram_each(tmp_path, monkeypatch
     address = str(tmp_path / "log")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(address)
-    monkeypatch.setattr(hook, "SYSLOG_ADDRESS", address)
+    monkeypatch.setattr(hooklog, "SYSLOG_ADDRESS", address)
     try:
-        assert hook._syslog(["one", "two"], error=True)
+        assert hooklog.syslog(["one", "two"], error=True)
         first, second = server.recv(4096), server.recv(4096)
     finally:
         server.close()
     assert first.startswith(b"<27>hugexml[") and first.endswith(b"]: one")
     assert second.endswith(b"]: two")
-    monkeypatch.setattr(hook, "SYSLOG_ADDRESS", str(tmp_path / "gone"))
-    assert hook._syslog(["x"], error=False) is False
+    monkeypatch.setattr(hooklog, "SYSLOG_ADDRESS", str(tmp_path / "gone"))
+    assert hooklog.syslog(["x"], error=False) is False
 
 
-def flushed(op: str, error: bool, exit_code: int, config: str | None = None,
-            tmp_path: Path | None = None) -> str:
+def flushed(op: str, error: bool, config: str | None = None, tmp_path: Path | None = None,
+            trace: str = "") -> str:
     if config is not None and tmp_path is not None:
         (tmp_path / "hugexml.conf").write_text(config)
     c = hook.Call(["qemu", "vm1", op, "begin", "-"], io.BytesIO(b""), io.BytesIO(),
                   io.StringIO(), None)
     c.log("a record")
-    c.flush_log(error=error, exit_code=exit_code)
+    c.flush(error=error, trace=trace)
     return c.stderr.getvalue()
 
 
-def test_without_dev_log_a_success_is_silent_and_only_a_swallowed_failure_is_printed():
-    """libvirt quotes a hook's stderr in its errors and keeps it in its debug log: a
-    success writes nothing there, even when syslog is not listening (the fixture points
-    SYSLOG_ADDRESS at a path where nothing is bound)."""
-    assert flushed("prepare", error=False, exit_code=0) == ""
-    # a failure the hook swallows (started/reconnect/filters exit 0) must not vanish
-    assert flushed("started", error=True, exit_code=0).startswith(
-        "hugexml: domain 'vm1' started begin: a record (")
-    # a failure that fails the call: the caller's one line is all libvirt will show
-    assert flushed("prepare", error=True, exit_code=1) == ""
+def test_without_dev_log_records_go_to_the_state_dirs_hook_log(tmp_path):
+    """No syslog (the fixture points SYSLOG_ADDRESS at nothing): successes and failures go
+    to <state_dir>/hook.log, tracebacks included, and stderr stays empty."""
+    (tmp_path / "state").mkdir(mode=0o700)
+    assert flushed("prepare", error=False) == ""
+    assert flushed("started", error=True, trace="Traceback (most recent call last):\n  x\n") == ""
+    log = (tmp_path / "state" / "hook.log").read_text()
+    assert log.count("domain 'vm1' prepare begin: a record (") == 1
+    assert "domain 'vm1' started begin: a record (" in log and "Traceback" in log
+
+
+def test_with_nowhere_to_log_only_a_failures_line_reaches_stderr(tmp_path):
+    """No syslog and no usable state dir: a success is dropped, a failure leaves its one
+    summary line on stderr (libvirt keeps it in its log) and never its traceback."""
+    (tmp_path / "state").write_text("not a directory")
+    assert flushed("started", error=False) == ""
+    err = flushed("started", error=True, trace="Traceback (most recent call last):\n  x\n")
+    assert err.startswith("hugexml: domain 'vm1' started begin: a record (")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_the_hook_log_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(hooklog, "MAX_LOG_BYTES", 300)
+    for i in range(20):
+        assert hooklog.append_file(str(tmp_path), [f"line {i} " + "x" * 40])
+    assert os.path.getsize(tmp_path / "hook.log") <= 300
+    assert os.path.getsize(tmp_path / "hook.log.1") <= 300
 
 
 @pytest.mark.parametrize("config,success,failure", [
     ("[hook]\nlog = stderr\n", True, True),
     ("[hook]\nlog = none\n", False, False),
-    ("[hook]\nlog = syslog\n", False, True),
+    ("[hook]\nlog = syslog\n", False, True),   # no syslog, no state dir: stderr
 ])
 def test_hook_log_setting(tmp_path, config, success, failure):
-    assert bool(flushed("started", False, 0, config, tmp_path)) is success
-    assert bool(flushed("started", True, 0, config, tmp_path)) is failure
+    assert bool(flushed("started", False, config, tmp_path)) is success
+    assert bool(flushed("started", True, config, tmp_path)) is failure
 
 
 def test_a_successful_prepare_logs_its_decision_to_syslog_and_nothing_to_stderr(
@@ -202,7 +221,7 @@ def test_a_successful_prepare_logs_its_decision_to_syslog_and_nothing_to_stderr(
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(address)
     server.settimeout(5)
-    monkeypatch.setattr(hook, "SYSLOG_ADDRESS", address)
+    monkeypatch.setattr(hooklog, "SYSLOG_ADDRESS", address)
     try:
         assert hook_call(host, "prepare", guest_xml("vm1", 128, M2, node=1)) == (0, b"", "")
         record = server.recv(4096).decode()
@@ -234,17 +253,26 @@ def test_filters_fail_open_with_empty_output(monkeypatch, op):
     monkeypatch.setattr(hook, "READ_LIMIT_BYTES", 64)
     code, out, err = call(["qemu", "vm1", *op, "-"], HUGE_2M)
     assert (code, out) == (0, b"")
-    # no syslog here: the record falls back to stderr, which libvirt ignores on exit 0
-    assert "failed: domain 'vm1' XML: not a readable domain XML: larger than 0 MiB" in err
+    # no syslog and no state dir here: the record falls back to stderr (ignored on exit 0)
+    assert ("failed open (XML passed through unchanged): domain 'vm1' XML: not a readable "
+            "domain XML: larger than 0 MiB") in err
 
 
-def test_programming_errors_keep_their_traceback(monkeypatch):
+def test_a_programming_error_in_prepare_is_one_line_and_its_traceback_is_logged(
+        monkeypatch, tmp_path):
+    (tmp_path / "state").mkdir(mode=0o700)
+
     def broken(c):
         raise KeyError("bug")
 
-    monkeypatch.setitem(hook.DISPATCH, ("prepare", "begin"), (broken, 1))
-    with pytest.raises(KeyError):
-        call(["qemu", "vm1", "prepare", "begin", "-"], HUGE_2M)
+    monkeypatch.setitem(hook.DISPATCH, ("prepare", "begin"), (broken, hook.GATE))
+    code, out, err = call(["qemu", "vm1", "prepare", "begin", "-"], HUGE_2M)
+    assert (code, out) == (1, b"")
+    assert err == ("hugexml: internal error (KeyError: 'bug'); the traceback is in "
+                   "hugexml's log\n")
+    log = (tmp_path / "state" / "hook.log").read_text()
+    assert "refused the start: internal error (KeyError" in log
+    assert "Traceback (most recent call last)" in log and 'raise KeyError("bug")' in log
 
 
 def test_a_failing_started_hook_never_fails_libvirt(monkeypatch):
@@ -253,28 +281,48 @@ def test_a_failing_started_hook_never_fails_libvirt(monkeypatch):
     def stuck(c):
         raise LockTimeout(path="/run/hugexml/lock", seconds=30.0)
 
-    monkeypatch.setitem(hook.DISPATCH, ("started", "begin"), (stuck, 0))
+    monkeypatch.setitem(hook.DISPATCH, ("started", "begin"), (stuck, hook.NEVER_FAIL))
     code, out, err = call(["qemu", "vm1", "started", "begin", "-"], HUGE_2M)
     assert (code, out) == (0, b"")
-    assert err.startswith("hugexml: domain 'vm1' started begin: failed: could not take the lock")
+    assert err.startswith("hugexml: domain 'vm1' started begin: failed, exit 0 all the same: "
+                          "could not take the lock")
 
 
-def test_ledger_mentions_is_a_cheap_byte_search(tmp_path, monkeypatch):
+def test_has_record_is_a_stat_of_the_guests_file(tmp_path, monkeypatch):
     state = tmp_path / "state"
     monkeypatch.setenv("HUGEXML_STATE_DIR", str(state))
     c = hook.Call(["qemu", "vm1", "release", "end", "-"], io.BytesIO(PLAIN), io.BytesIO(),
                   io.StringIO(), None)
     guest = c.guest()
     assert guest.uuid == "6b0d5c1e-8f7a-4c1d-9a55-0c2b6f7e9a10"
-    assert c.ledger_mentions_guest() is False
+    assert c.has_record() is False
+    (state / "guests").mkdir(parents=True)
+    (state / "guests" / "00000000-0000-4000-8000-000000000000.json").write_text("{}")
+    assert c.has_record() is False
+    (state / "guests" / f"{guest.uuid}.json").write_text("{}")
+    assert c.has_record() is True
+    (state / "guests" / f"{guest.uuid}.json").unlink()
+    from hugexml.records import guest_key
+
+    (state / "guests" / f"{guest_key('vm1', None)}.json").write_text("{}")  # reserved by name
+    assert c.has_record() is True
+
+
+def test_work_due_reads_a_bounded_time(tmp_path, monkeypatch):
+    import time as time_mod
+
+    state = tmp_path / "state"
     state.mkdir()
-    ledger = state / hook.LEDGER_FILE
-    ledger.write_text('{"guests": {"someone-else": {"name": "vm10"}}}')
-    assert c.ledger_mentions_guest() is False
-    ledger.write_text(f'{{"guests": {{"{guest.uuid}": {{}}}}}}')
-    assert c.ledger_mentions_guest() is True
-    ledger.write_text('{"guests": {"k": {"name": "vm1"}}}')
-    assert c.ledger_mentions_guest() is True
+    monkeypatch.setenv("HUGEXML_STATE_DIR", str(state))
+    c = hook.Call(["qemu", "vm1", "release", "end", "-"], io.BytesIO(PLAIN), io.BytesIO(),
+                  io.StringIO(), None)
+    assert c.work_due() is False
+    (state / "due").write_text(f"{time_mod.time() + 600:.0f}\n")
+    assert c.work_due() is False
+    (state / "due").write_text(f"{time_mod.time() - 1:.0f}\n")
+    assert c.work_due() is True
+    (state / "due").write_text("x" * 10_000_000)
+    assert c.work_due() is True  # unreadable: let a session look
 
 
 # --- on a fake host: sysfs/procfs tree for the plan, SimKernel behind the gateway ---------
@@ -338,10 +386,9 @@ def hook_call(h: FakeHost, op: str, data: bytes, name: str = "vm1"):
 
 
 def ledger(tmp_path) -> dict:
-    import json
+    from statefix import snapshot
 
-    path = tmp_path / "state" / "ledger.json"
-    return json.loads(path.read_text()) if path.exists() else {"guests": {}}
+    return snapshot(tmp_path / "state") if (tmp_path / "state").exists() else {"guests": {}}
 
 
 def test_lifecycle_allocates_exactly_on_the_bound_node_and_gives_it_back(host, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hugexml import cli, hook
+from hugexml import cli, hook, hooklog
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -112,7 +112,7 @@ def kernel(tmp_path, monkeypatch):
     monkeypatch.setenv("HUGEXML_STATE_DIR", str(tmp_path / "state"))
     (tmp_path / "hugexml.conf").write_text("[hook]\nlog = none\n")
     monkeypatch.setenv("HUGEXML_CONFIG", str(tmp_path / "hugexml.conf"))
-    monkeypatch.setattr(hook, "SYSLOG_ADDRESS", str(tmp_path / "no-syslog"))
+    monkeypatch.setattr(hooklog, "SYSLOG_ADDRESS", str(tmp_path / "no-syslog"))
     return fk
 
 

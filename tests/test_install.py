@@ -115,7 +115,7 @@ def test_the_packaged_hook_is_recognised_and_left_to_the_package(root):
 
 
 @pytest.mark.parametrize("edit", [
-    lambda t: t.replace("sys.exit", "sys.exit ", 1),          # body
+    lambda t: t.replace("os._exit", "os._exit ", 1),          # body
     lambda t: t.replace(" -I\n", "\n", 1),                   # shebang
     lambda t: t + "\n",                                       # trailing text
 ])

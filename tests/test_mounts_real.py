@@ -110,7 +110,7 @@ def test_doctor_json_on_the_real_host(real_host, tmp_path, capsys):
             assert check["fix"], check
 
 
-def test_the_hooks_mount_missing_mounts_for_the_next_daemon_start(real_host, tmp_path):
+def test_the_hooks_mount_for_next_start_mounts_for_the_next_daemon_start(real_host, tmp_path):
     """prepare with no 1G mount: the mount is made (at the conventional path) and the line
     says the daemon must restart; afterwards the same check is satisfied for a daemon that
     starts later, and not for the one that was running."""
@@ -120,7 +120,10 @@ def test_the_hooks_mount_missing_mounts_for_the_next_daemon_start(real_host, tmp
         skip_or_fail("a 1G mount exists already")
     state = str(tmp_path / "state")
     running = dm.Daemon(4242, "libvirtd", time.time() - 60)
-    line = dm.mount_problem(REAL, state, G1, daemons=[running], mount_missing=True)
+    assert dm.mount_problem(REAL, state, G1, daemons=[running]).startswith(
+        "no hugetlbfs mount for 1G pages")                     # a query: nothing mounted
+    assert mt.mount_for(mt.list_mounts(REAL), G1) is None
+    line = dm.mount_for_next_start(REAL, state, G1)            # prepare's explicit step
     made = mt.mount_for(mt.list_mounts(REAL), G1)
     try:
         assert made is not None and made.path == "/dev/hugepages1G"

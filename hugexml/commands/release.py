@@ -11,25 +11,27 @@ EPILOG = """examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("guest", metavar="NAME|UUID", help="guest name or uuid as in the ledger")
+    p.add_argument("guest", metavar="NAME|UUID", help="guest name or uuid of a claim")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
     from hugexml.commands._alloc import allocator, fmt_pools, print_json
-    from hugexml.errors import InvalidInput
+    from hugexml.errors import InvalidInput, printable
     from hugexml.model import GuestId
+    from hugexml.records import MAX_NAME_BYTES
 
     name = args.guest.strip()
-    if not name or len(name) > 256 or any(c in name for c in "\n\0"):
-        raise InvalidInput(reason="guest name must be 1-256 characters on one line")
+    if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES or "\0" in name:
+        raise InvalidInput(reason=f"guest name must be 1-{MAX_NAME_BYTES} bytes")
     result = allocator(ctx).release(GuestId(name))
+    shown = printable(name)
     if args.json:
         print_json(result)
     elif result["guest"] is None:
-        print(f"{name}: not in the ledger; released owed pages: {fmt_pools(result['released'])}")
+        print(f"{shown}: no claim; released owed pages: {fmt_pools(result['released'])}")
     else:
-        print(f"{name}: released {fmt_pools(result['released'])}")
+        print(f"{shown}: released {fmt_pools(result['released'])}")
         if result["kept"]:
             print(f"kept in the pool (release policy 'keep'): {fmt_pools(result['kept'])}")
         if result["unreleased"]:

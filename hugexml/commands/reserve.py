@@ -14,8 +14,9 @@ EPILOG = """examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("xml", metavar="DOMAIN.xml", help="domain XML file, '-' for stdin")
-    p.add_argument("--name", help="guest name for the ledger (default: the XML's <name>)")
-    p.add_argument("--uuid", help="guest uuid for the ledger (default: the XML's <uuid>)")
+    p.add_argument("--name", help="guest name of the claim (default: the XML's <name>)")
+    p.add_argument("--uuid", help="guest uuid of the claim, any spelling (default: the "
+                                    "XML's <uuid>)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -34,6 +35,7 @@ def read_xml(path: str) -> bytes:
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
     from hugexml.commands._alloc import allocator, fmt_pools, print_json
+    from hugexml.errors import printable
     from hugexml.hostinfo import read_host_info
     from hugexml.model import GuestId
     from hugexml.plan import plan_xml
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         return 0
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
-    print(f"{guest.name}: claimed {fmt_pools(result['claimed'])}; "
+    print(f"{printable(guest.name)}: claimed {fmt_pools(result['claimed'])}; "
           f"added {fmt_pools(result['added'])} (claim pending until the guest starts)")
     return 0
 
@@ -58,4 +60,4 @@ def mount_warnings(ctx: Any, plan: Any) -> list[str]:
     """The hook refuses a start whose file-backed size has no mount libvirt can see."""
     from hugexml.daemon import mount_problems
 
-    return mount_problems(ctx.root, ctx.state_dir, plan.file_backed_sizes_kib)
+    return list(mount_problems(ctx.root, ctx.state_dir, plan.file_backed_sizes_kib).values())

@@ -1,4 +1,4 @@
-"""hugexml status: the hugepage pools per node and size, the mounts, the guests in the ledger.
+"""hugexml status: the hugepage pools per node and size, the mounts, the guests with a claim.
 
 ``--guests`` adds what every running qemu guest really maps (``hugexml.usage``) next to its
 ledger claim and its plan; a mismatch exits 1. ``--prometheus [FILE]`` writes the same data
@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.add_argument("--reconcile", action="store_true",
                    help="reconcile the ledger with the kernel first (finishes crashed "
-                        "transactions, gives back owed pages, moves a corrupt ledger aside)")
+                        "transactions, gives back owed pages, quarantines bad state files)")
     p.add_argument("--guests", action="store_true",
                    help="also show the hugepages each running qemu guest maps per node and "
                         "size, next to its ledger claim and its plan; exit 1 on a mismatch")
@@ -42,40 +42,48 @@ def _mounts(ctx: Any) -> list[dict[str, Any]]:
 
 def collect_status(ctx: Any) -> dict[str, Any]:
     """Everything ``status`` shows, as data (also what ``--json`` prints)."""
-    from hugexml import ledger as lg
     from hugexml.commands._alloc import gateway
     from hugexml.errors import HugexmlError
     from hugexml.fit import resv_share
-    from hugexml.txn import read_view
+    from hugexml.ledger import State, Store
+    from hugexml.records import Journal, pool_key
+    from hugexml.txn import predicted_allocatable, read_view
 
     gw = gateway(ctx)
     sizes = tuple(gw.page_sizes_kib())
     view = read_view(gw, sizes)
-    ledger = lg.Ledger(ctx.state_dir)
-    status: dict[str, Any] = {"state_dir": ctx.state_dir, "ledger_error": None}
+    known = {(n, s) for n in view.nodes for s in sizes}
+    store = Store(ctx.state_dir, boot_id=gw.boot_id() if hasattr(gw, "boot_id") else "")
+    status: dict[str, Any] = {"state_dir": ctx.state_dir, "state_error": None}
     try:
-        data = ledger.read()
+        state = store.read(known)
     except HugexmlError as exc:
-        status["ledger_error"] = str(exc)
-        data = lg.empty_ledger()
-    from hugexml.txn import predicted_allocatable
-
+        status["state_error"] = str(exc)
+        state = State(journal=Journal(), guests={})
     try:
         buddy = gw.buddyinfo()
     except HugexmlError:
         buddy = {}
-
+    claimed: dict[tuple[int, int], dict[str, int]] = {}
+    for rec in state.guests.values():
+        for claim_pool, pages in rec.claimed.items():
+            row = claimed.setdefault(claim_pool, {"pending": 0, "active": 0})
+            row[rec.state] += pages
     pools = []
     for (node, size_kib), pool in sorted(view.pools.items()):
-        pk = lg.pool_key(node, size_kib)
+        book = state.journal.pools.get((node, size_kib))
         predicted, exact = (predicted_allocatable(gw, node, size_kib, buddy) if buddy
                             else (None, False))
+        claim = claimed.get((node, size_kib), {"pending": 0, "active": 0})
         pools.append({
             "node": node, "size_kib": size_kib, "total": pool.persistent + pool.surplus,
             "free": pool.free, "reserved_at_most": resv_share(view, node, size_kib),
-            "surplus": pool.surplus, "claimed": lg.pending_claims(data, pk),
-            "added_by_hugexml": lg.hugexml_pages(data, pk) if pk in data["baseline"] else 0,
-            "baseline": data["baseline"].get(pk),
+            "surplus": pool.surplus, "claimed": claim["pending"] + claim["active"],
+            "claimed_pending": claim["pending"], "claimed_active": claim["active"],
+            "added_by_hugexml": book.hugexml_pages if book else 0,
+            "baseline": book.baseline if book else None,
+            "admin": book.admin if book else 0, "kept": book.kept_pages if book else 0,
+            "unreleased": book.unreleased if book else 0,
             "predicted_allocatable": predicted,
             "predicted_from": "buddyinfo" if exact else "memfree-after-compaction",
         })
@@ -84,17 +92,22 @@ def collect_status(ctx: Any) -> dict[str, Any]:
         g = gw.global_pool(size_kib)
         globals_[str(size_kib)] = {"total": g.nr, "free": g.free, "reserved": g.resv,
                                    "surplus": g.surplus, "overcommit": g.overcommit}
-    guests = [dict(rec, key=key) for key, rec in sorted(data["guests"].items())]
-    for rec in guests:
-        rec.pop("demand", None)
+    guests = [dict({k: v for k, v in rec.to_json().items()
+                    if k not in ("demand", "schema", "boot_id")}, key=key)
+              for key, rec in sorted(state.guests.items())]
+
+    def books(attr: str) -> dict[str, int]:
+        return {pool_key(p): getattr(b, attr) for p, b in sorted(state.journal.pools.items())
+                if getattr(b, attr)}
     status.update(
         nodes=list(view.nodes), page_sizes_kib=list(sizes), pools=pools, global_pools=globals_,
         memory={str(n): {"free_kib": view.mem_free_kib.get(n),
                          "total_kib": view.mem_total_kib.get(n)} for n in view.nodes},
-        mounts=_mounts(ctx), guests=guests,
-        admin=data["admin"], kept=data["kept"], unreleased=data["unreleased"],
-        intent=data["intent"], ledger_path=ledger.path,
-        ledger_exists=os.path.exists(ledger.path))
+        mounts=_mounts(ctx), guests=guests, admin=books("admin"), kept=books("kept_pages"),
+        unreleased=books("unreleased"),
+        intent=state.journal.intent.to_json() if state.journal.intent else None,
+        state_notes=list(state.notes), quarantine=store.quarantined(),
+        journal_path=store.journal_path, journal_exists=os.path.exists(store.journal_path))
     return status
 
 
@@ -106,6 +119,7 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 def render(status: dict[str, Any]) -> list[str]:
     from hugexml.commands._alloc import fmt_pools
+    from hugexml.errors import printable
     from hugexml.units import format_kib
 
     def num(v: Any) -> str:
@@ -127,13 +141,19 @@ def render(status: dict[str, Any]) -> list[str]:
     lines.append("mounts: " + (", ".join(
         f"{m['path']} ({format_kib(m['page_size_kib']) if m['page_size_kib'] else '?'})"
         for m in mounts) or "no hugetlbfs mount"))
-    if status["ledger_error"]:
-        lines.append(f"ledger: {status['ledger_error']}")
+    if status["state_error"]:
+        lines.append(f"state: {status['state_error']}")
+    for note in status["state_notes"]:
+        lines.append(f"state: {printable(note)}")
+    if status["quarantine"]:
+        newest = status["quarantine"][-1]
+        lines.append(f"quarantined state files: {len(status['quarantine'])} in "
+                     f"{status['state_dir']}/quarantine (newest: {printable(newest['why'])})")
     guests = status["guests"]
-    lines.append(f"guests in the ledger: {len(guests) or 'none'}")
+    lines.append(f"guests with a claim: {len(guests) or 'none'}")
     for g in guests:
-        lines.append(f"  {g['name']} ({g['key']}): {g['state']}; added {fmt_pools(g['added'])}; "
-                     f"claimed {fmt_pools(g.get('claimed', {}))}")
+        lines.append(f"  {printable(g['name'])} ({g['key']}): {g['state']}; "
+                     f"added {fmt_pools(g['added'])}; claimed {fmt_pools(g.get('claimed', {}))}")
     for label, key in (("admin pages", "admin"), ("kept by policy", "kept"),
                        ("owed back (in use)", "unreleased")):
         if status[key]:

@@ -3,7 +3,6 @@ How and in what order they are brought up and torn down: see conftest.py.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -270,10 +269,13 @@ class LibvirtBed:
 
     # --- hugexml state -----------------------------------------------------------------
     def ledger(self) -> dict[str, Any]:
-        try:
-            return json.loads(Path(STATE_DIR, "ledger.json").read_text())
-        except FileNotFoundError:
+        """The state store as a plain dict (tests/statefix.py): guests keyed by NAME."""
+        if not os.path.isdir(STATE_DIR):
             return {}
+        sys.path.insert(0, str(REPO / "tests"))
+        from statefix import snapshot
+
+        return snapshot(STATE_DIR)
 
     def write_config(self, text: str) -> None:
         os.makedirs(os.path.dirname(CONFIG_FILE), exist_ok=True)

@@ -20,7 +20,7 @@ M2 = 2048
 
 
 def claim(bed: LibvirtBed, name: str) -> dict | None:
-    return bed.ledger().get("guests", {}).get(bed.uuid(name))
+    return bed.ledger().get("guests", {}).get(name)
 
 
 def hook_line(error: str) -> str:
