@@ -233,6 +233,8 @@ class Allocator:
             except InvalidInput:
                 continue
             seen.add(key)
+            if not g.mapped and not g.demand:
+                continue  # no hugepages (or not a libvirt guest): nothing to account
             rec = state.guests.get(key)
             if rec is not None:
                 if rec.state == "pending" and rec.name == name:

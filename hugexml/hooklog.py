@@ -79,8 +79,7 @@ def append_file(state_dir: str, lines: list[str]) -> bool:
     data = "".join(f"{stamp} hugexml[{os.getpid()}]: {line}\n" for line in lines).encode(
         "utf-8", "backslashreplace")
     try:
-        if not os.path.isdir(state_dir):
-            return False
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
         try:
             if os.lstat(path).st_size + len(data) > MAX_LOG_BYTES:
                 os.replace(path, path + ".1")

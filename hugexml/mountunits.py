@@ -64,7 +64,8 @@ def has_systemd(root: HostRoot) -> bool:
 def persist_unit(size_kib: int, path: str, unit_dir: str) -> str:
     """Write the .mount unit for ``path`` into ``unit_dir``; returns the file written.
 
-    Enabling it (the WantedBy link) is left to ``systemctl enable`` (see persist_mount)."""
+    Enabling it (the WantedBy link) is left to ``systemctl enable``, which
+    ``hugexml mounts ensure --persist`` runs (``hugexml.commands.mounts``) and checks."""
     unit = os.path.join(unit_dir, unit_name_for_path(path))
     write_text_atomic(unit, render_unit(size_kib, path))
     return unit

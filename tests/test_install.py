@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from allocfix import skip_or_fail
 
 from hugexml import install
 from hugexml.errors import InvalidInput
@@ -162,7 +163,7 @@ def test_interpreter_without_hugexml_gets_a_sys_path_line_and_works(root):
     if not os.access(python, os.X_OK) or subprocess.run(
             [python, "-I", "-c", "import lxml.etree"], capture_output=True,
             check=False).returncode != 0:
-        pytest.skip("needs a system python3 with lxml (Debian: python3-lxml)")
+        skip_or_fail("needs a system python3 with lxml (Debian: python3-lxml)")
     if _python_without("hugexml", [python]) is None:
         pytest.skip("the system python3 imports hugexml by itself")
     result = install.install_hook(root, python=python)
@@ -176,7 +177,7 @@ def test_interpreter_that_cannot_import_dependencies_is_refused(root):
     python = _python_without("lxml", ["/root/.pyenv/versions/3.9.18/bin/python3.9",
                                       "/usr/bin/python3"])
     if python is None:
-        pytest.skip("no interpreter without lxml on this machine")
+        skip_or_fail("no interpreter without lxml on this machine")
     with pytest.raises(InvalidInput, match="cannot import hugexml and lxml"):
         install.install_hook(root, python=python)
     assert not dropin(root).exists()

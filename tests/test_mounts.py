@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from allocfix import skip_or_fail
 
 from hugexml.errors import HostError, InvalidInput
 from hugexml.mounts import (
@@ -205,7 +206,7 @@ def _real_size_or_skip() -> int:
 
     sizes = read_page_sizes_kib(HostRoot("/"))
     if M2 not in sizes:
-        pytest.skip("no 2M hugepages on this kernel")
+        skip_or_fail("no 2M hugepages on this kernel")
     return M2
 
 
@@ -240,3 +241,30 @@ def test_a_mount_whose_statfs_disagrees_is_undone(tmp_path, monkeypatch):
         ensure_mount(HostRoot("/"), size_kib, str(target), state_dir=str(tmp_path / "state"))
     assert calls == ["mount", "umount2"] and not target.exists()
     assert not (tmp_path / "state").exists()
+
+
+def test_persist_reports_a_failing_systemctl_instead_of_persisted(tmp_path, monkeypatch):
+    """The unit is written, but if systemd does not take it, --persist says so (one line)
+    instead of reporting the mount as persisted."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from hugexml import mountunits as mu
+    from hugexml.commands import mounts as cmd
+    from hugexml.errors import HostError
+
+    monkeypatch.setattr(mu, "has_systemd", lambda root: True)
+    root = SimpleNamespace(is_real=True, path=lambda *parts: str(tmp_path.joinpath(*parts)))
+    calls = []
+
+    def failing(argv, **kw):
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 1 if "enable" in argv else 0, "",
+                                           "Failed to enable unit: Unit file is masked.\n")
+
+    monkeypatch.setattr(subprocess, "run", failing)
+    with pytest.raises(HostError) as info:
+        cmd._persist(SimpleNamespace(root=root), 1048576, "/dev/hugepages1G")
+    assert "written, but systemctl enable dev-hugepages1G.mount failed (exit 1): " \
+           "Failed to enable unit: Unit file is masked." in str(info.value)
+    assert calls[-1] == ["systemctl", "enable", "dev-hugepages1G.mount"]

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from allocfix import skip_or_fail
 from paths import CORPUS
 
 from hugexml import qemuargs, qemurender
@@ -211,7 +212,7 @@ def test_real_qemu_accepts_the_arguments_and_maps_the_pages(real_host, tmp_path,
 
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None:
-        pytest.skip("qemu-system-x86_64 not installed")
+        skip_or_fail("qemu-system-x86_64 not installed")
     mount = tmp_path / "h2M"
     mount.mkdir()
     subprocess.run(
@@ -221,7 +222,7 @@ def test_real_qemu_accepts_the_arguments_and_maps_the_pages(real_host, tmp_path,
     free_path = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
     nr_path.write_text(str(int(nr_path.read_text()) + 32))  # relative: others' pages stay
     if int(free_path.read_text()) < 32:
-        pytest.skip("the kernel could not provide 32 free 2M pages")
+        skip_or_fail("the kernel could not provide 32 free 2M pages")
     host = HostInfo(default_page_kib=2048, page_sizes_kib=(2048,), nodes=(0,))
     env = qemuargs.QemuEnv(mounts={2048: str(mount)}, default_page_kib=2048)
     args = qemurender.argv(qemuargs.from_xml(xml, env, host), objects=objects)

@@ -104,16 +104,27 @@ def _ensure(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def _persist(ctx: Any, size_kib: int, path: str) -> str:
+    """The unit written and enabled (systemd), or the fstab line; a HostError when systemd
+    did not take the unit: nothing is reported as persisted that is not."""
     import subprocess
 
     from hugexml import mountunits as mu
+    from hugexml.errors import HostError
 
     if mu.has_systemd(ctx.root):
         unit = mu.persist_unit(size_kib, path, ctx.root.path("etc/systemd/system"))
         if ctx.root.is_real:
             name = mu.unit_name_for_path(path)
             for argv in (["systemctl", "daemon-reload"], ["systemctl", "enable", name]):
-                subprocess.run(argv, check=False, capture_output=True, timeout=60)
+                try:
+                    proc = subprocess.run(argv, check=False, capture_output=True, text=True,
+                                          timeout=60)
+                except (OSError, subprocess.TimeoutExpired) as exc:
+                    raise HostError(path=unit, reason=f"written, but {' '.join(argv)} could "
+                                                      f"not run: {exc}") from exc
+                if proc.returncode != 0:
+                    raise HostError(path=unit, reason=f"written, but {' '.join(argv)} failed "
+                                    f"(exit {proc.returncode}): {proc.stderr.strip()[:200]}")
         return unit
     return mu.persist_fstab(size_kib, path, ctx.root.path("etc/fstab"))
 
