@@ -186,14 +186,16 @@ def test_the_hook_log_is_bounded(tmp_path, monkeypatch):
     assert os.path.getsize(tmp_path / "hook.log.1") <= 300
 
 
-@pytest.mark.parametrize("config,success,failure", [
-    ("[hook]\nlog = stderr\n", True, True),
+@pytest.mark.parametrize("config,on_stderr,in_file", [
+    ("[hook]\nlog = stderr\n", True, False),
     ("[hook]\nlog = none\n", False, False),
-    ("[hook]\nlog = syslog\n", False, True),   # no syslog, no state dir: stderr
+    ("[hook]\nlog = syslog\n", False, True),   # no syslog listens: the state dir's hook.log
 ])
-def test_hook_log_setting(tmp_path, config, success, failure):
-    assert bool(flushed("started", False, config, tmp_path)) is success
-    assert bool(flushed("started", True, config, tmp_path)) is failure
+def test_hook_log_setting(tmp_path, config, on_stderr, in_file):
+    assert bool(flushed("started", False, config, tmp_path)) is on_stderr
+    assert bool(flushed("started", True, config, tmp_path)) is on_stderr
+    log = tmp_path / "state" / "hook.log"
+    assert (log.exists() and log.read_text().count("started begin: a record") == 2) is in_file
 
 
 def test_a_successful_prepare_logs_its_decision_to_syslog_and_nothing_to_stderr(
@@ -229,14 +231,14 @@ def test_oversized_input_is_one_line_and_exit_1_on_prepare(monkeypatch):
 
 
 @pytest.mark.parametrize("op", [("restore", "begin"), ("migrate", "begin")])
-def test_filters_fail_open_with_empty_output(monkeypatch, op):
+def test_filters_fail_open_with_empty_output(monkeypatch, tmp_path, op):
     """libvirt reads empty output as 'unchanged'; prepare is the gate that explains."""
     monkeypatch.setattr(hook, "READ_LIMIT_BYTES", 64)
     code, out, err = call(["qemu", "vm1", *op, "-"], HUGE_2M)
-    assert (code, out) == (0, b"")
-    # no syslog and no state dir here: the record falls back to stderr (ignored on exit 0)
+    assert (code, out, err) == (0, b"", "")
+    # no syslog here: the record goes to the state dir's hook.log
     assert ("failed open (XML passed through unchanged): domain 'vm1' XML: not a readable "
-            "domain XML: larger than 0 MiB") in err
+            "domain XML: larger than 0 MiB") in (tmp_path / "state" / "hook.log").read_text()
 
 
 def test_a_programming_error_in_prepare_is_one_line_and_its_traceback_is_logged(
@@ -256,7 +258,7 @@ def test_a_programming_error_in_prepare_is_one_line_and_its_traceback_is_logged(
     assert "Traceback (most recent call last)" in log and 'raise KeyError("bug")' in log
 
 
-def test_a_failing_started_hook_never_fails_libvirt(monkeypatch):
+def test_a_failing_started_hook_never_fails_libvirt(monkeypatch, tmp_path):
     from hugexml.errors import LockTimeout
 
     def stuck(c):
@@ -264,9 +266,9 @@ def test_a_failing_started_hook_never_fails_libvirt(monkeypatch):
 
     monkeypatch.setitem(hook.DISPATCH, ("started", "begin"), (stuck, hook.NEVER_FAIL))
     code, out, err = call(["qemu", "vm1", "started", "begin", "-"], HUGE_2M)
-    assert (code, out) == (0, b"")
-    assert err.startswith("hugexml: domain 'vm1' started begin: failed, exit 0 all the same: "
-                          "could not take the lock")
+    assert (code, out, err) == (0, b"", "")
+    assert ("domain 'vm1' started begin: failed, exit 0 all the same: could not take the "
+            "lock") in (tmp_path / "state" / "hook.log").read_text()
 
 
 def test_has_record_is_a_stat_of_the_guests_file(tmp_path, monkeypatch):
