@@ -104,7 +104,8 @@ def built(tmp_path_factory) -> dict[str, Path]:
     assert proc.returncode == 0, f"build-rpm failed:\n{proc.stderr[-6000:]}"
     # %check ran (it is no longer skipped quietly without a .venv).
     assert re.search(r"^\+ .*-m pytest tests ", proc.stderr, re.M), proc.stderr[-3000:]
-    assert re.search(r"\b\d+ tests? (collected|passed)|\d+ passed", proc.stderr), proc.stderr[-3000:]
+    ran = re.search(r"\b\d+ tests? (collected|passed)|\d+ passed", proc.stderr)
+    assert ran, proc.stderr[-3000:]
     paths = [Path(line) for line in proc.stdout.split()]
     found = {
         "sdist": [p for p in paths if p.name.endswith(".tar.gz")],
