@@ -264,3 +264,59 @@ def test_write_textfile_is_atomic_and_readable(tmp_path):
 def test_write_textfile_missing_dir_is_host_error(tmp_path):
     with pytest.raises(prometheus.HostError, match="cannot write metrics"):
         prometheus.write_textfile(str(tmp_path / "nope" / "x.prom"), prometheus.render(STATUS))
+
+
+# --- the Grafana dashboard ------------------------------------------------------------
+DASHBOARD = Path(__file__).resolve().parents[1] / "packaging" / "grafana" / "hugexml.json"
+
+
+def dashboard_queries() -> list[str]:
+    """Every PromQL expression in the dashboard: panel targets and template variables."""
+    import json
+
+    out: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("expr", "definition") and isinstance(value, str):
+                    out.append(value)
+                elif key == "query" and isinstance(value, dict):
+                    out.append(str(value.get("query", "")))
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(json.loads(DASHBOARD.read_text()))
+    return out
+
+
+def test_dashboard_queries_only_metrics_hugexml_exports():
+    queried = {m for q in dashboard_queries() for m in re.findall(r"\b[a-z_]+:?[a-z_]*\b", q)
+               if m.startswith("hugexml_")}
+    # What render really writes for a full status (kept included) and a flagged guest.
+    full = {"pools": [dict(STATUS["nodes"][0]["sizes"][0], node=0, kept=2, baseline=8)]}
+    written = {f.name for f in parser.text_string_to_metric_families(
+        prometheus.render(full, USAGE))}
+    assert queried, "no hugexml metric in the dashboard"
+    assert queried <= written, f"never written by hugexml: {queried - written}"
+    assert written <= set(prometheus.metric_names())
+
+
+def test_dashboard_shows_each_per_node_and_size():
+    import json
+
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    wanted = {"free": "hugexml_hugepages_free_pages",
+              "claimed": "hugexml_hugepages_claimed_pages",
+              "kept": "hugexml_hugepages_kept_pages", "added": "hugexml_hugepages_added_pages",
+              "mismatches": "hugexml_hugepages_mismatched_guests"}
+    for what, metric in wanted.items():
+        targets = [t for p in panels for t in p.get("targets", []) if metric in t["expr"]]
+        assert targets, what
+        for t in targets:
+            assert "{{node}}" in t["legendFormat"] and "{{page_size_kib}}" in t["legendFormat"]
+            assert 'node=~"$node"' in t["expr"] and 'page_size_kib=~"$page_size_kib"' in t["expr"]
+    assert len({p["id"] for p in panels}) == len(panels)

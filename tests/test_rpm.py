@@ -411,6 +411,10 @@ def test_rpm_requires(built):
     for need in ("python3-lxml", "python3-psutil", "python3-libvirt",
                  "(libvirt-daemon-driver-qemu or libvirt-daemon-kvm)", SYSTEM_PYTHON):
         assert need in requires, need
+    # Metrics are optional: recommended, never required (the hook does not import them).
+    assert not [r for r in requires if "prometheus" in r]
+    proc = _run(["rpm", "-qp", "--recommends", str(built["rpm"])])
+    assert proc.stdout.split() == ["python3-prometheus_client"]
     arch = _run(["rpm", "-qp", "--qf", "%{ARCH}", str(built["rpm"])]).stdout
     assert arch == "noarch"
 
@@ -430,6 +434,7 @@ def test_file_list(installed):
     assert "/usr/lib/systemd/system-preset/80-hugexml.preset" in files
     assert "/usr/lib/tmpfiles.d/hugexml.conf" in files
     assert "/usr/share/bash-completion/completions/hugexml" in files
+    assert "/usr/share/hugexml/grafana/hugexml.json" in files
     assert [f for f in files if re.fullmatch(r"/usr/share/man/man8/hugexml\.8(\.gz)?", f)]
     assert "/usr/bin/hugexml" in files
     for d in ("/var/lib/hugexml", "/var/lib/hugexml/backups"):
