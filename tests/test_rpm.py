@@ -3,9 +3,11 @@ errors, and it installs into a scratch root (``rpm -i --root --nodeps --noscript
 hook, the config, the units and the man page are, the hook runs on the system python3, the
 package imports from the installed sitelib, and systemd accepts the units.
 
-The man page and the bash completion are checked against the real argument parser, so they
-cannot drift from the CLI. The build needs rpmbuild (skipped without it, a failure when
-HUGEXML_REQUIRE_REAL=1); none of this runs inside rpmbuild's own %check. The build's %check
+The man page and the bash completion are generated from the full argument parser
+(``hugexml.cli.build_parser()``) by packaging/gen_docs.py and committed; a test fails when
+either is stale, so they cannot drift from the CLI. The build needs rpmbuild (skipped
+without it, a failure when HUGEXML_REQUIRE_REAL=1); none of this runs inside rpmbuild's own
+%check. The build's %check
 only collects the unit tests (they run in the same job anyway); HUGEXML_RPM_FULL_CHECK=1
 runs them in full, as `packaging/build-rpm` does by default.
 """
@@ -291,18 +293,56 @@ def test_man_page_renders_without_warnings():
         assert "hugexml install-hook" in proc.stdout
 
 
+def load_gen_docs():
+    """packaging/gen_docs.py, the generator of the man page and the completion."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_docs", PACKAGING / "gen_docs.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["hugexml.8", "hugexml.bash-completion"])
+def test_generated_file_is_fresh(name):
+    """The committed man page and completion are what gen_docs.py makes from the parser
+    now (the RPM build installs them as they are: it builds offline from the sdist)."""
+    if IN_RPMBUILD:
+        pytest.skip("inside rpmbuild's %check: the generators are build-time tools")
+    gen = load_gen_docs()
+    [make] = [f for path, f in gen.OUTPUTS.items() if path.name == name]
+    assert (PACKAGING / name).read_text() == make(), (
+        f"packaging/{name} is stale: run .venv/bin/python packaging/gen_docs.py")
+
+
+def test_gen_docs_check_reports_a_stale_file(tmp_path, monkeypatch):
+    if IN_RPMBUILD:
+        pytest.skip("inside rpmbuild's %check: the generators are build-time tools")
+    gen = load_gen_docs()
+    stale = tmp_path / "hugexml.8"
+    stale.write_text("old\n")
+    monkeypatch.setattr(gen, "OUTPUTS", {stale: gen.OUTPUTS[gen.MANPAGE]})
+    assert gen.main(["--check"]) == 1 and stale.read_text() == "old\n"
+    assert gen.main([]) == 0 and stale.read_text() == gen.manpage()
+    assert gen.main(["--check"]) == 0
+
+
 def test_man_page_covers_every_command_and_option():
     text = man_source()
     glob, commands = parser_options()
-    missing = [o for o in glob if o not in text]
+    missing = [o for o in glob if o not in ("-h", "--help") and o not in text]
     for name, (opts, subs) in commands.items():
         if not re.search(rf"^\.SS .*\bhugexml {re.escape(name)}\b", text, re.M):
             missing.append(f".SS hugexml {name}")
         missing += [f"{name} {o}" for o in opts if o not in ("-h", "--help") and o not in text]
-        missing += [f"{name} {s}" for s in subs if f"{name} {s}" not in text]
+        missing += [f"{name} {s}" for s in subs if s not in text]
     assert not missing, f"man page lacks: {missing}"
     documented = set(re.findall(r"^\.SS hugexml ([a-z][a-z-]*)", text, re.M))
     assert documented == set(commands), "man page sections for commands the CLI lacks"
+    from hugexml.cli import COMMANDS
+
+    assert set(commands) == set(COMMANDS), "build_parser() must build every command"
 
 
 def shipped_config_defaults() -> dict[str, dict[str, str]]:
@@ -338,7 +378,8 @@ def complete(words: list[str]) -> list[str]:
     script = (f"source {PACKAGING / 'hugexml.bash-completion'}\n"
               "COMP_WORDS=(\"$@\"); COMP_CWORD=$(( $# - 1 ))\n"
               "COMP_LINE=\"$*\"; COMP_POINT=${#COMP_LINE}\n"
-              "_hugexml hugexml \"${COMP_WORDS[COMP_CWORD]}\" \"${COMP_WORDS[COMP_CWORD-1]}\"\n"
+              "fn=$(complete -p hugexml | sed -n 's/.* -F \\([^ ]*\\) .*/\\1/p')\n"
+              "$fn hugexml \"${COMP_WORDS[COMP_CWORD]}\" \"${COMP_WORDS[COMP_CWORD-1]}\"\n"
               "printf '%s\\n' \"${COMPREPLY[@]}\"\n")
     proc = _run([bash, "--norc", "--noprofile", "-c", script, "bash", *words])
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
@@ -397,6 +438,8 @@ def test_srpm_is_spec_plus_sdist(built):
     with tarfile.open(built["sdist"]) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     for need in ("hooks/qemu", "packaging/hugexml.spec", "packaging/hugexml.8",
+                 "packaging/hugexml.8.in", "packaging/gen_docs.py",
+                 "packaging/hugexml-completers.bash", "packaging/grafana/hugexml.json",
                  "packaging/hugexml.conf", "packaging/hugexml.bash-completion",
                  "packaging/hugexml.tmpfiles", "packaging/systemd/" + DROPIN,
                  "tests/conftest.py", "tests/test_rpm.py", "README.md", "setup.cfg",
