@@ -218,3 +218,40 @@ def test_role_defaults_hold_every_config_key():
     assert parse_config(text) == Config()
     playbook = yaml.safe_load((ANSIBLE_DIR / "playbook.yml").read_text())
     assert playbook[0]["vars"]["hugexml_config"] == defaults
+
+
+@pytest.mark.parametrize(("allowed", "reason"), [
+    (False, "hugexml_restart_libvirt is false"),
+    (True, "no systemd: restart the libvirt daemon by hand (pid file /run/libvirtd.pid)"),
+])
+def test_restart_decision_without_systemd(tmp_path, allowed, reason):
+    """A daemon that needs a restart (install-hook said so) on this machine, which has no
+    systemd: never restarted, and the reason is in hugexml_restart. Read-only."""
+    if os.path.isdir("/run/systemd/system"):
+        pytest.skip("systemd runs here: this case is for hosts without it")
+    out = tmp_path / "restart.json"
+    (tmp_path / "play.yml").write_text(json.dumps([{
+        "hosts": "localhost", "gather_facts": False,
+        "vars": {"_hugexml_bin": str(Path(sys.executable).parent / "hugexml"),
+                 "_hugexml_hook": {"changed": True, "stdout": '{"restart_needed": true}'},
+                 "hugexml_restart_libvirt": allowed,
+                 "hugexml_restart_with_guests": False,
+                 "hugexml_libvirt_units": ["libvirtd.service"]},
+        "tasks": [{"ansible.builtin.include_role": {"name": "hugexml", "tasks_from": "restart"}},
+                  {"ansible.builtin.copy": {"content": "{{ hugexml_restart | to_json }}",
+                                            "dest": str(out)}, "changed_when": False}],
+    }]))
+    home = tmp_path / "ansible-home"
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "ANSIBLE_HOME": str(home),
+           "ANSIBLE_LOCAL_TEMP": str(home / "tmp"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_ROLES_PATH": str(ANSIBLE_DIR / "roles")}
+    proc = subprocess.run([_playbook_bin(), "-i", "localhost,", "-c", "local",
+                           "-e", "ansible_python_interpreter=/usr/bin/python3",
+                           str(tmp_path / "play.yml")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    m = RECAP.search(proc.stdout)
+    assert m and m.group(2) == "0", proc.stdout[-3000:]  # changed=0: nothing restarted
+    assert json.loads(out.read_text()) == {"needed": True, "done": False, "reason": reason,
+                                           "units": [], "guests": []}
+    assert f"not done: {reason}" in proc.stdout
