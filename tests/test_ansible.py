@@ -257,6 +257,7 @@ def test_restart_decision_without_systemd(tmp_path, allowed, reason):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     m = RECAP.search(proc.stdout)
     assert m and m.group(2) == "0", proc.stdout[-3000:]  # changed=0: nothing restarted
-    assert json.loads(out.read_text()) == {"needed": True, "done": False, "reason": reason,
-                                           "units": [], "guests": []}
+    decided = json.loads(out.read_text())
+    assert isinstance(decided.pop("guests"), list)  # qemu guests of other sessions may run
+    assert decided == {"needed": True, "done": False, "reason": reason, "units": []}
     assert f"not done: {reason}" in proc.stdout
