@@ -115,6 +115,12 @@ class MountMissing(HostError):
     msg_fmt = "domain '%(domain)s': %(reason)s"
 
 
+class MissingDependency(HugexmlError):
+    """An optional Python package a feature needs is not installed."""
+
+    msg_fmt = "%(feature)s needs the Python package %(package)s: %(install)s"
+
+
 class LibvirtError(HugexmlError):
     msg_fmt = "libvirt: %(reason)s"
     exit_code = 1

@@ -134,12 +134,22 @@ def _procfs(root: HostRoot) -> Iterator[Any]:
 
     saved = psutil.PROCFS_PATH
     psutil.PROCFS_PATH = root.path("proc")
-    psutil.process_iter.cache_clear()
+    _forget_processes(psutil)
     try:
         yield psutil
     finally:
         psutil.PROCFS_PATH = saved
-        psutil.process_iter.cache_clear()
+        _forget_processes(psutil)
+
+
+def _forget_processes(psutil: Any) -> None:
+    """Drop process_iter's cache: ``cache_clear`` from psutil 6, the ``_pmap`` dict before
+    (psutil 5.x: EL 9, Debian 12)."""
+    clear = getattr(psutil.process_iter, "cache_clear", None)
+    if clear is not None:
+        clear()
+    else:
+        psutil._pmap.clear()
 
 
 def qemu_processes(root: HostRoot) -> list[tuple[int, str, Optional[str]]]:

@@ -3,9 +3,11 @@ errors, and it installs into a scratch root (``rpm -i --root --nodeps --noscript
 hook, the config, the units and the man page are, the hook runs on the system python3, the
 package imports from the installed sitelib, and systemd accepts the units.
 
-The man page and the bash completion are checked against the real argument parser, so they
-cannot drift from the CLI. The build needs rpmbuild (skipped without it, a failure when
-HUGEXML_REQUIRE_REAL=1); none of this runs inside rpmbuild's own %check. The build's %check
+The man page and the bash completion are generated from the full argument parser
+(``hugexml.cli.build_parser()``) by packaging/gen_docs.py and committed; a test fails when
+either is stale, so they cannot drift from the CLI. The build needs rpmbuild (skipped
+without it, a failure when HUGEXML_REQUIRE_REAL=1); none of this runs inside rpmbuild's own
+%check. The build's %check
 only collects the unit tests (they run in the same job anyway); HUGEXML_RPM_FULL_CHECK=1
 runs them in full, as `packaging/build-rpm` does by default.
 """
@@ -15,6 +17,7 @@ import configparser
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -35,12 +38,18 @@ UNITS = ("dev-hugepages1G.mount", "dev-hugepages2M.mount", "hugexml-reserve.serv
 DROPIN = "dev-hugepages.mount.d/hugexml.conf"
 DAEMONS = ("libvirtd.service", "virtqemud.service")
 
-# rpmlint warnings allowed to stand (tests/test_rpm.py fails on any other), with the reason.
-# Errors are never allowed; Fedora-policy filters live in packaging/rpmlint.toml.
+# Fedora's own rpmlint configuration, vendored unchanged (packaging/rpmlint/README.md).
+FEDORA_RPMLINT = PACKAGING / "rpmlint" / "fedora.toml"
+FEDORA_RPMLINT_SHA256 = "9dfd3d6af3e607f78d4ff572470fb0a7c5dd2a020ab9d21cb6fa05cb5b68292e"
+# rpmlint warnings allowed to stand under it (the test fails on any other), with the
+# reason. Errors are never allowed.
 JUSTIFIED_WARNINGS = {
     "no-manual-page-for-binary hugexml": (
         "rpmlint 2.4 bug: FilesCheck records each man page's section ('8') instead of its "
         "name, so every binary is reported; hugexml(8) is packaged, see test_file_list"),
+    "invalid-license GPL-2.0-or-later": (
+        "Fedora's configuration leaves ValidLicenses empty: Fedora's SPDX list comes from "
+        "the rpmlint-fedora-license-data package, where GPL-2.0-or-later is allowed"),
 }
 
 
@@ -68,20 +77,34 @@ def _run(argv: list[str], **kw) -> subprocess.CompletedProcess[str]:
 
 # ---------------------------------------------------------------- build and install
 
+def clean_clone(dest: Path) -> Path:
+    """This checkout's files as a fresh clone has them: no .venv, no build output."""
+    junk = shutil.ignore_patterns(".git", ".venv", "dist", "build", "*.egg-info", "__pycache__",
+                                  ".pytest_cache", ".mypy_cache", ".ruff_cache", ".hypothesis")
+    shutil.copytree(REPO, dest, ignore=junk, symlinks=True)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> dict[str, Path]:
-    """sdist, SRPM and RPM from packaging/build-rpm (with %check: the unit tests)."""
+    """sdist, SRPM and RPM from packaging/build-rpm in a clean clone (no .venv), where the
+    README's setup has run: %check runs the unit tests with the system python's pytest."""
     if IN_RPMBUILD:
         pytest.skip("inside rpmbuild's %check: no RPM build in the RPM build")
     _need("rpmbuild")
     out = tmp_path_factory.mktemp("rpms")
+    clone = clean_clone(tmp_path_factory.mktemp("clone") / "hugexml")
     env = dict(os.environ)
     if os.environ.get("HUGEXML_RPM_FULL_CHECK") != "1":
         # The unit tests run in this same job already: %check only collects them, against
         # the package in the buildroot (every test module imports, the -m markers exist).
         env["PYTEST_ADDOPTS"] = (env.get("PYTEST_ADDOPTS", "") + " --collect-only").strip()
-    proc = _run([str(PACKAGING / "build-rpm"), "--outdir", str(out)], cwd=REPO, env=env)
+    proc = _run([str(clone / "packaging/build-rpm"), "--outdir", str(out)], cwd=clone, env=env)
     assert proc.returncode == 0, f"build-rpm failed:\n{proc.stderr[-6000:]}"
+    # %check ran (it is no longer skipped quietly without a .venv).
+    assert re.search(r"^\+ .*-m pytest tests ", proc.stderr, re.M), proc.stderr[-3000:]
+    ran = re.search(r"\b\d+ tests? (collected|passed)|\d+ passed", proc.stderr)
+    assert ran, proc.stderr[-3000:]
     paths = [Path(line) for line in proc.stdout.split()]
     found = {
         "sdist": [p for p in paths if p.name.endswith(".tar.gz")],
@@ -92,6 +115,25 @@ def built(tmp_path_factory) -> dict[str, Path]:
     for p in paths:
         assert p.is_file() and p.parent == out
     return {k: v[0] for k, v in found.items()}
+
+
+def test_build_without_pytest_fails_in_one_line(tmp_path):
+    """Where %check truly cannot run, build-rpm says so in one line, unless --nocheck."""
+    if IN_RPMBUILD:
+        pytest.skip("inside rpmbuild's %check")
+    _need("rpmbuild")
+    bare = tmp_path / "bare"
+    proc = _run([SYSTEM_PYTHON, "-m", "venv", "--without-pip", str(bare)])
+    assert proc.returncode == 0, proc.stderr
+    clone = clean_clone(tmp_path / "clone")
+    env = {**os.environ, "HUGEXML_RPM_PYTHON": str(bare / "bin/python3")}
+    proc = _run([str(clone / "packaging/build-rpm"), "--outdir", str(tmp_path / "out")],
+                cwd=clone, env=env)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"build-rpm: %check needs pytest and hypothesis for {bare}/bin/python3 (run "
+        "scripts/setup) or a .venv; --nocheck builds without it"], proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def rpm_db(root: Path) -> list[str]:
@@ -194,7 +236,10 @@ def test_preset_enables_the_mounts_only():
 def test_tmpfiles_line():
     lines = [ln for ln in (PACKAGING / "hugexml.tmpfiles").read_text().splitlines()
              if ln.strip() and not ln.startswith("#")]
-    assert [ln.split() for ln in lines] == [["d", "/run/hugexml", "0700", "root", "root", "-"]]
+    assert [ln.split() for ln in lines] == [["d", "/run/hugexml", "0755", "root", "root", "-"]]
+    # the mode is kept: the spec's %ghost entry says the same
+    spec = (PACKAGING / "hugexml.spec").read_text()
+    assert "%ghost %dir %attr(0755,root,root) %{_rundir}/hugexml" in spec
 
 
 def test_packaged_config_is_the_default_config():
@@ -248,18 +293,56 @@ def test_man_page_renders_without_warnings():
         assert "hugexml install-hook" in proc.stdout
 
 
+def load_gen_docs():
+    """packaging/gen_docs.py, the generator of the man page and the completion."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_docs", PACKAGING / "gen_docs.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["hugexml.8", "hugexml.bash-completion"])
+def test_generated_file_is_fresh(name):
+    """The committed man page and completion are what gen_docs.py makes from the parser
+    now (the RPM build installs them as they are: it builds offline from the sdist)."""
+    if IN_RPMBUILD:
+        pytest.skip("inside rpmbuild's %check: the generators are build-time tools")
+    gen = load_gen_docs()
+    [make] = [f for path, f in gen.OUTPUTS.items() if path.name == name]
+    assert (PACKAGING / name).read_text() == make(), (
+        f"packaging/{name} is stale: run .venv/bin/python packaging/gen_docs.py")
+
+
+def test_gen_docs_check_reports_a_stale_file(tmp_path, monkeypatch):
+    if IN_RPMBUILD:
+        pytest.skip("inside rpmbuild's %check: the generators are build-time tools")
+    gen = load_gen_docs()
+    stale = tmp_path / "hugexml.8"
+    stale.write_text("old\n")
+    monkeypatch.setattr(gen, "OUTPUTS", {stale: gen.OUTPUTS[gen.MANPAGE]})
+    assert gen.main(["--check"]) == 1 and stale.read_text() == "old\n"
+    assert gen.main([]) == 0 and stale.read_text() == gen.manpage()
+    assert gen.main(["--check"]) == 0
+
+
 def test_man_page_covers_every_command_and_option():
     text = man_source()
     glob, commands = parser_options()
-    missing = [o for o in glob if o not in text]
+    missing = [o for o in glob if o not in ("-h", "--help") and o not in text]
     for name, (opts, subs) in commands.items():
         if not re.search(rf"^\.SS .*\bhugexml {re.escape(name)}\b", text, re.M):
             missing.append(f".SS hugexml {name}")
         missing += [f"{name} {o}" for o in opts if o not in ("-h", "--help") and o not in text]
-        missing += [f"{name} {s}" for s in subs if f"{name} {s}" not in text]
+        missing += [f"{name} {s}" for s in subs if s not in text]
     assert not missing, f"man page lacks: {missing}"
     documented = set(re.findall(r"^\.SS hugexml ([a-z][a-z-]*)", text, re.M))
     assert documented == set(commands), "man page sections for commands the CLI lacks"
+    from hugexml.cli import COMMANDS
+
+    assert set(commands) == set(COMMANDS), "build_parser() must build every command"
 
 
 def shipped_config_defaults() -> dict[str, dict[str, str]]:
@@ -295,7 +378,8 @@ def complete(words: list[str]) -> list[str]:
     script = (f"source {PACKAGING / 'hugexml.bash-completion'}\n"
               "COMP_WORDS=(\"$@\"); COMP_CWORD=$(( $# - 1 ))\n"
               "COMP_LINE=\"$*\"; COMP_POINT=${#COMP_LINE}\n"
-              "_hugexml hugexml \"${COMP_WORDS[COMP_CWORD]}\" \"${COMP_WORDS[COMP_CWORD-1]}\"\n"
+              "fn=$(complete -p hugexml | sed -n 's/.* -F \\([^ ]*\\) .*/\\1/p')\n"
+              "$fn hugexml \"${COMP_WORDS[COMP_CWORD]}\" \"${COMP_WORDS[COMP_CWORD-1]}\"\n"
               "printf '%s\\n' \"${COMPREPLY[@]}\"\n")
     proc = _run([bash, "--norc", "--noprofile", "-c", script, "bash", *words])
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
@@ -322,10 +406,22 @@ def test_completion_offers_every_command_and_option():
 
 # ---------------------------------------------------------------- the built packages
 
-def test_rpmlint_reports_no_errors(built):
+def test_rpmlint_config_is_fedoras_unchanged():
+    import hashlib
+
+    assert hashlib.sha256(FEDORA_RPMLINT.read_bytes()).hexdigest() == FEDORA_RPMLINT_SHA256
+    # No configuration of our own: no filters Fedora's lacks.
+    assert sorted(p.name for p in PACKAGING.rglob("*rpmlint*") if p.is_file()) == []
+    assert sorted(p.name for p in (PACKAGING / "rpmlint").iterdir()) == ["README.md",
+                                                                        "fedora.toml"]
+
+
+def test_rpmlint_fedora_config_reports_no_errors(built):
     rpmlint = _need("rpmlint")
-    proc = _run([rpmlint, "-c", str(PACKAGING / "rpmlint.toml"), str(PACKAGING / "hugexml.spec"),
+    _need("checkbashisms")  # Fedora's config enables BashismsCheck, which runs it
+    proc = _run([rpmlint, "-c", str(FEDORA_RPMLINT), str(PACKAGING / "hugexml.spec"),
                  str(built["srpm"]), str(built["rpm"])])
+    assert "fedora.toml" in proc.stdout and "BashismsCheck" not in proc.stderr, proc.stderr
     findings = re.findall(r"^\S+: ([EW]): (.+?)\s*$", proc.stdout, re.M)
     print(proc.stdout)
     errors = [msg for level, msg in findings if level == "E"]
@@ -342,6 +438,8 @@ def test_srpm_is_spec_plus_sdist(built):
     with tarfile.open(built["sdist"]) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     for need in ("hooks/qemu", "packaging/hugexml.spec", "packaging/hugexml.8",
+                 "packaging/hugexml.8.in", "packaging/gen_docs.py",
+                 "packaging/hugexml-completers.bash", "packaging/grafana/hugexml.json",
                  "packaging/hugexml.conf", "packaging/hugexml.bash-completion",
                  "packaging/hugexml.tmpfiles", "packaging/systemd/" + DROPIN,
                  "tests/conftest.py", "tests/test_rpm.py", "README.md", "setup.cfg",
@@ -356,6 +454,10 @@ def test_rpm_requires(built):
     for need in ("python3-lxml", "python3-psutil", "python3-libvirt",
                  "(libvirt-daemon-driver-qemu or libvirt-daemon-kvm)", SYSTEM_PYTHON):
         assert need in requires, need
+    # Metrics are optional: recommended, never required (the hook does not import them).
+    assert not [r for r in requires if "prometheus" in r]
+    proc = _run(["rpm", "-qp", "--recommends", str(built["rpm"])])
+    assert proc.stdout.split() == ["python3-prometheus_client"]
     arch = _run(["rpm", "-qp", "--qf", "%{ARCH}", str(built["rpm"])]).stdout
     assert arch == "noarch"
 
@@ -375,10 +477,13 @@ def test_file_list(installed):
     assert "/usr/lib/systemd/system-preset/80-hugexml.preset" in files
     assert "/usr/lib/tmpfiles.d/hugexml.conf" in files
     assert "/usr/share/bash-completion/completions/hugexml" in files
+    assert "/usr/share/hugexml/grafana/hugexml.json" in files
     assert [f for f in files if re.fullmatch(r"/usr/share/man/man8/hugexml\.8(\.gz)?", f)]
     assert "/usr/bin/hugexml" in files
-    for d in ("/run/hugexml", "/var/lib/hugexml", "/var/lib/hugexml/backups"):
+    for d in ("/var/lib/hugexml", "/var/lib/hugexml/backups"):
         assert files[d][0] == "drwx------", d
+    # the state dir is %ghost, created by tmpfiles.d with the mode rpm records for it
+    assert [f for f in files if f.startswith("/run")] == ["/run/hugexml"]
 
 
 def test_installed_package_is_the_whole_source_package(installed):
@@ -504,8 +609,7 @@ def test_tmpfiles_creates_the_state_dir(installed, tmp_path):
     proc = _run([tmpfiles, f"--root={root}", "--create", "hugexml.conf"])
     assert proc.returncode == 0, proc.stderr
     st = (root / "run/hugexml").stat()
-    packaged = (installed / "run/hugexml").stat()
-    assert st.st_mode == packaged.st_mode and oct(st.st_mode & 0o7777) == "0o700"
+    assert stat.S_ISDIR(st.st_mode) and oct(st.st_mode & 0o7777) == "0o755"
     assert st.st_uid == 0 or os.geteuid() != 0
 
 
