@@ -22,14 +22,26 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from hugexml import recovery
+from hugexml.demote import Demoter, Relief, least_relief
 from hugexml.errors import (
     GuestConflict,
     HugexmlError,
+    InsufficientPages,
     InvalidInput,
+    MarginViolation,
     NoSuchHostNode,
     UnsupportedPageSize,
 )
-from hugexml.fit import HostView, Margin, check_margin, error, place, releasable, spread
+from hugexml.fit import (
+    HostView,
+    Margin,
+    Placement,
+    check_margin,
+    error,
+    place,
+    releasable,
+    spread,
+)
 from hugexml.ledger import State, Store
 from hugexml.model import GuestId
 from hugexml.records import (
@@ -115,33 +127,40 @@ class Allocator:
         self.store = Store(state_dir, float(config.lock_timeout_s), clock,
                            boot_id=boot_id() if callable(boot_id) else "")
         self.margin = Margin(int(config.margin_min_kib), float(config.margin_percent))
+        self.demoter = Demoter(gateway, self.store, clock)
         self.report: dict[str, Any] = {}  # what the last session's recovery did
 
     # --- guests ------------------------------------------------------------------------
-    def reserve(self, plan: Plan, guest: GuestId) -> dict[str, Any]:
-        """Claim the plan's pages for the guest (``pending``), adding what is missing."""
+    def reserve(self, plan: Plan, guest: GuestId,
+                keep_s: Optional[float] = None) -> dict[str, Any]:
+        """Claim the plan's pages for the guest (``pending``), adding what is missing.
+        ``keep_s``: the guest's own keep window (its ``<metadata>``), -1 for ever."""
         name, uuid, key = guest_identity(guest)
         items = [d for d in plan.demand if d.pages > 0]
         with self._session() as state:
             rec = self._adopt_key(state, name, uuid, key)
             grow: dict[Pool, int] = {}
             claims: dict[Pool, int] = {}
-            view = None
+            grown: dict[Pool, int] = {}
+            txn = None
             if items:
-                view = self._view(state, {d.page_size_kib for d in items}, exclude=key)
-                placement = place(items, view, self.margin, plan.domain)
+                view, placement = self._place(state, items, key, plan.domain)
                 grow = {p: n for p, n in placement.grow.items() if n > 0}
                 claims = placement.claims
-            txn = None
-            if grow and view is not None:
-                txn = self._grow(state, grow, view, "reserve", key, plan.domain)
+                if grow:
+                    txn, grown = self._grow(state, grow, view, "reserve", key, plan.domain,
+                                            claims)
             now = self.clock()
             if rec is None:
                 rec = GuestRecord(key=key, name=name, uuid=uuid, state="pending",
-                                  created=now, updated=now)
+                                  created=now, updated=now, keep_s=keep_s)
+            rec.keep_s = keep_s
+            self._attribute_free(state, rec, claims, grow)
             for pool, pages in grow.items():
                 rec.added[pool] = rec.added.get(pool, 0) + pages
-                state.journal.book(pool).guests += pages
+                book = state.journal.book(pool)
+                book.guests += pages
+                book.unreleased += grown.get(pool, pages) - pages  # a demote split more
             rec.state, rec.claimed, rec.updated = "pending", dict(claims), now
             rec.demand = tuple(DemandRow(d.page_size_kib, d.pages, d.host_nodes, d.policy)
                                for d in items)
@@ -149,8 +168,69 @@ class Allocator:
             if txn is not None:
                 state.journal.intent = None
                 state.journal_dirty = True
-                self._commit_or_undo(state, txn, grow, rec)
-        return {"added": _counts(grow), "claimed": _counts(claims)}
+                self._commit_or_undo(state, txn, grow, grown, rec)
+        result = {"added": _counts(grow), "claimed": _counts(claims)}
+        if self.demoter.report:
+            result["demoted"] = dict(self.demoter.report)
+        return result
+
+    def _place(self, state: State, items: list[Any], key: str,
+               domain: str) -> tuple[HostView, Placement]:
+        """Where the demand goes. When a node cannot take it (the margin, too few pages),
+        free what hugexml holds there without need, the least that makes it fit: split its
+        larger owned pages into the size wanted (demote), then give back its kept pages of
+        other sizes at once. When even that would not do, nothing is changed."""
+        sizes = {d.page_size_kib for d in items}
+        view = self._view(state, sizes, exclude=key)
+        try:
+            return view, place(items, view, self.margin, domain)
+        except (MarginViolation, InsufficientPages):
+            relief = self._least_relief(state, items, view)
+            if relief is None:
+                raise
+        for (node, _big, small), k in sorted(relief.splits.items()):
+            self.demoter.split(state, node, small, k * (_big // small), standalone=True)
+        if relief.give_back:
+            for pool, pages in relief.give_back.items():
+                recovery.take_kept(state.journal.pools[pool], pages)
+                state.journal.pools[pool].unreleased += pages
+            state.journal_dirty = True
+            self._give_back(state)
+        view = self._view(state, sizes, exclude=key)
+        return view, place(items, view, self.margin, domain)
+
+    def _least_relief(self, state: State, items: list[Any], view: HostView) -> Optional[Relief]:
+        nodes = sorted({n for d in items for n in (d.host_nodes or view.nodes)})
+        sizes = {d.page_size_kib for d in items}
+        splittable = {}
+        if self.config.demote:
+            for small in sorted(sizes):
+                for node in nodes:
+                    for big, k in self.demoter.candidates(state, node, small):
+                        splittable[(node, big, small)] = k
+        kept = {pool: book.kept_pages for pool, book in state.journal.pools.items()
+                if pool[0] in nodes and pool[1] not in sizes and book.kept_pages}
+        return least_relief(items, view, self.margin, splittable, kept)
+
+    @staticmethod
+    def _attribute_free(state: State, rec: GuestRecord, claims: dict[Pool, int],
+                        grow: dict[Pool, int]) -> None:
+        """The free pages a claim takes are hugexml's kept pages first, then its owed pages:
+        they become this guest's (back in a keep window when it stops) rather than sit
+        idle next to pages of others."""
+        for pool, claimed in claims.items():
+            book = state.journal.pools.get(pool)
+            want = claimed - grow.get(pool, 0) - rec.added.get(pool, 0)
+            if book is None or want <= 0:
+                continue
+            moved = recovery.take_kept(book, want)
+            owed = min(book.unreleased, want - moved)
+            book.unreleased -= owed
+            moved += owed
+            if moved:
+                book.guests += moved
+                rec.added[pool] = rec.added.get(pool, 0) + moved
+                state.journal_dirty = True
 
     def _adopt_key(self, state: State, name: str, uuid: Optional[str],
                    key: str) -> Optional[GuestRecord]:
@@ -181,7 +261,7 @@ class Allocator:
         """The guest stopped: give back what hugexml added for it, as far as it is free."""
         with self._session() as state:
             key = find_guest(state, guest)
-            moved = recovery.release_record(state, key, self.config) if key else {}
+            moved = recovery.release_record(state, key, self.config, self.clock()) if key else {}
             released = self._give_back(state)
             recovery.forget_idle_pools(state)
         owed = {pk: n for pk, n in moved.get("unreleased", {}).items()
@@ -258,7 +338,7 @@ class Allocator:
         if all_running:
             for key in [k for k, r in state.guests.items()
                         if r.state == "active" and k not in seen]:
-                moved = recovery.release_record(state, key, self.config)
+                moved = recovery.release_record(state, key, self.config, self.clock())
                 out.setdefault("released_stale", {})[key] = moved
         return out
 
@@ -312,12 +392,13 @@ class Allocator:
         result: dict[str, Any] = {"size_kib": size_kib, "add": _counts(grow), "dry_run": dry_run}
         if dry_run or not grow:
             return result
-        txn = self._grow(state, grow, view, "admin", None, None)
+        txn, grown = self._grow(state, grow, view, "admin", None, None)
         for pool, pages in grow.items():
             state.journal.book(pool).admin += pages
+            state.journal.book(pool).unreleased += grown.get(pool, pages) - pages
         state.journal.intent = None
         state.journal_dirty = True
-        self._commit_or_undo(state, txn, grow, None)
+        self._commit_or_undo(state, txn, grow, grown, None)
         return result
 
     def shrink_admin(self, size_kib: int, count: int, node: Optional[int] = None) -> dict[str, Any]:
@@ -354,6 +435,7 @@ class Allocator:
     def _session(self) -> Iterator[State]:
         with self.store.lock():
             state = self.store.load(self._known())
+            self.demoter.report = {}
             self.report = recovery.begin(self.gateway, state, self.config, self.clock())
             if self.report:
                 state.journal.events.append(dict(self.report, at=self.clock(), op="recover"))
@@ -385,9 +467,11 @@ class Allocator:
         return view
 
     def _grow(self, state: State, grow: dict[Pool, int], view: HostView, purpose: str,
-              key: Optional[str], domain: Optional[str]) -> PoolTxn:
+              key: Optional[str], domain: Optional[str],
+              claims: Optional[dict[Pool, int]] = None) -> tuple[PoolTxn, dict[Pool, int]]:
         """Intent, kernel writes; on any failure roll back, commit, re-raise. On success the
-        caller commits the books (and clears the intent) with ``_commit_or_undo``."""
+        caller commits the books (and clears the intent) with ``_commit_or_undo``. Returns
+        the transaction and how much each pool grew (a demote may split more than asked)."""
         pools = {}
         for pool, pages in sorted(grow.items()):
             before = view.pools[pool].persistent
@@ -397,9 +481,14 @@ class Allocator:
         state.journal.intent = Intent("grow", purpose, key, self.clock(), os.getpid(), pools)
         state.journal_dirty = True
         self.store.commit(state)
-        txn = PoolTxn(self.gateway, self.config, domain, self.progress)
+        relieve = None
+        if self.config.demote:
+            def relieve(node: int, size_kib: int, missing: int) -> int:
+                return self.demoter.split(state, node, size_kib, missing, standalone=False,
+                                          promised=claims)
+        txn = PoolTxn(self.gateway, self.config, domain, self.progress, relieve=relieve)
         try:
-            txn.grow(grow, view.pools)
+            grown = txn.grow(grow, view.pools)
         except BaseException:
             left = txn.rollback()  # raising here leaves the intent for the next session
             for pool, pages in left.items():
@@ -409,10 +498,10 @@ class Allocator:
             state.journal_dirty = True
             self.store.commit(state)
             raise
-        return txn
+        return txn, grown
 
     def _commit_or_undo(self, state: State, txn: PoolTxn, grow: dict[Pool, int],
-                        rec: Optional[GuestRecord]) -> None:
+                        grown: dict[Pool, int], rec: Optional[GuestRecord]) -> None:
         """Commit a grow; when the commit fails (a full or read-only state dir), put the
         kernel back as it was and undo the books, so nothing stays allocated. (A kill leaves
         the intent instead, which the next session resolves by the kernel's counts.)"""
@@ -429,7 +518,7 @@ class Allocator:
                     rec.added[pool] = rec.added.get(pool, 0) - pages
                     if rec.added[pool] <= 0:
                         del rec.added[pool]
-                book.unreleased += left.get(pool, 0)
+                book.unreleased += left.get(pool, 0) - (grown.get(pool, pages) - pages)
             state.journal_dirty = True
             try:
                 self.store.commit(state)

@@ -38,11 +38,23 @@ DEFAULT_CONFIG_TEXT = """\
 # behind another one's allocation): must be larger than timeout, since one try
 # of a slow 1G allocation can outlast it.
 #lock_timeout = 90
+# When a node is short of small pages (the kernel grants fewer than asked, or
+# growing the pool would break the margin), split free larger pages hugexml owns
+# there (kept, or owed back) with the kernel's demote file (Linux >= 5.16)
+# before compacting. Never an admin's page.
+#demote = yes
 
 [release]
-# release: give back the pages hugexml added for a guest when it stops.
-# keep: leave them in the pool (recorded; "hugexml shrink" gives them back first).
+# release: give back the pages hugexml added for a guest when it stops, after
+# its keep window (keep_for). keep: leave them in the pool for ever (recorded;
+# "hugexml shrink" gives them back first).
 #policy = release
+# Keep window per page size: pages a stopped guest gave up stay in the pool this
+# long (any guest's next start on that node uses them first), then go back to
+# the kernel. SIZE=DURATION pairs; DURATION is 0 (at once) or a number with s,
+# m, h or d. A size not listed: 0. Runtime 1G pages are hard to get back on a
+# fragmented host, 2M pages are not.
+#keep_for = 1G=10m 2M=0
 
 [claims]
 # Seconds after which a claim of a guest that was prepared but never started expires.
@@ -63,6 +75,8 @@ _RESERVE_ITEM = re.compile(r"[0-9]+[KMGkmg]?[iI]?[bB]?:[0-9]{1,19}(@[0-9]{1,4})?
 
 @dataclass(frozen=True)
 class Config:
+    """hugexml.conf as values; ``keep_window_s`` answers the keep window of a page size."""
+
     margin_min_kib: int = 1024 * 1024
     margin_percent: float = 5.0
     compact: bool = True
@@ -70,10 +84,16 @@ class Config:
     retries: int = 3
     timeout_s: float = 30.0
     lock_timeout_s: float = 90.0
+    demote: bool = True
     release_policy: str = "release"
+    keep_for: tuple[tuple[int, float], ...] = ((1048576, 600.0), (2048, 0.0))
     pending_timeout_s: float = 600.0
     boot_reserve: str = ""
     hook_log: str = "syslog"
+
+    def keep_window_s(self, size_kib: int) -> float:
+        """Seconds a stopped guest's pages of this size stay kept (0: given back at once)."""
+        return dict(self.keep_for).get(size_kib, 0.0)
 
 
 def _bool(text: str) -> bool:
@@ -115,6 +135,37 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+MAX_KEEP_S = 30 * 24 * 3600
+_DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,3})?)([smhd]?)\Z")
+_UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration_s(text: str) -> float:
+    """``0``, ``90``, ``90s``, ``10m``, ``2h``, ``1d`` -> seconds (at most 30 days)."""
+    m = _DURATION.match(text.strip().lower())
+    if not m:
+        raise ValueError(f"{text.strip()[:40]!r} is not a duration (e.g. 0, 90s, 10m, 2h, 1d)")
+    seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if seconds > MAX_KEEP_S:
+        raise ValueError(f"{text.strip()!r} is longer than 30 days (use policy = keep)")
+    return seconds
+
+
+def _keep_for(text: str) -> tuple[tuple[int, float], ...]:
+    pairs: dict[int, float] = {}
+    for item in text.split():
+        size, sep, duration = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item[:40]!r} is not SIZE=DURATION (e.g. 1G=10m)")
+        size_kib = _size_kib(size)
+        if size_kib <= 4:
+            raise ValueError(f"{size!r} is not a hugepage size")
+        if size_kib in pairs:
+            raise ValueError(f"{size} is listed twice")
+        pairs[size_kib] = parse_duration_s(duration)
+    return tuple(sorted(pairs.items(), reverse=True))
+
+
 def _reserve(text: str) -> str:
     items = text.split()
     bad = [item for item in items if not _RESERVE_ITEM.match(item)]
@@ -137,7 +188,9 @@ _KEYS: dict[tuple[str, str], tuple[str, Callable[[str], object]]] = {
     ("allocation", "retries"): ("retries", _bounded(int, 0, 100)),
     ("allocation", "timeout"): ("timeout_s", _bounded(float, 0, MAX_SECONDS)),
     ("allocation", "lock_timeout"): ("lock_timeout_s", _bounded(float, 0, MAX_SECONDS)),
+    ("allocation", "demote"): ("demote", _bool),
     ("release", "policy"): ("release_policy", _choice("release", "keep")),
+    ("release", "keep_for"): ("keep_for", _keep_for),
     ("claims", "pending_timeout"): ("pending_timeout_s", _bounded(float, 1, 7 * MAX_SECONDS)),
     ("boot", "reserve"): ("boot_reserve", _reserve),
     ("hook", "log"): ("hook_log", _choice("syslog", "stderr", "none")),

@@ -378,6 +378,36 @@ class HostGateway:
         self._write(rel, f"{count}\n", self._missing_pool(node, size_kib))
         return self._read_int(rel)
 
+    def demote_size(self, node: int, size_kib: int) -> Optional[int]:
+        """The page size a free ``size_kib`` page of ``node`` splits into with the kernel's
+        ``demote`` file (Linux >= 5.16), or None where there is no such file."""
+        rel = self._pool_rel(node, size_kib, "demote_size")
+        if not self.numa or not os.path.exists(self.root.path(rel)):
+            return None
+        m = _SIZE_DIR.match("hugepages-" + self._read(rel).strip())
+        return int(m.group(1)) if m else None
+
+    def demote(self, node: int, size_kib: int, count: int) -> int:
+        """Split up to ``count`` free pages of the node's ``size_kib`` pool into pages of its
+        ``demote_size`` (the kernel takes only free, unreserved pages, and reports success
+        whatever it did); how many it split, read back from the pool."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InvalidInput(reason=f"node {node}: demote count {count!r} is not a count")
+        if count == 0:
+            return 0
+        rel = self._pool_rel(node, size_kib, "demote")
+        before = self._read_int(self._pool_rel(node, size_kib, "nr_hugepages"))
+        self._write(rel, f"{count}\n", self._missing_pool(node, size_kib))
+        after = self._read_int(self._pool_rel(node, size_kib, "nr_hugepages"))
+        return max(0, before - after)
+
+    def compact_all(self) -> bool:
+        """Compact every node (``/proc/sys/vm/compact_memory``); False without the file."""
+        if not os.path.exists(self.root.path("proc/sys/vm/compact_memory")):
+            return False
+        self._write("proc/sys/vm/compact_memory", "1\n")
+        return True
+
     def compact(self, node: int) -> bool:
         """Ask the kernel to compact a node's memory (synchronous). False when the kernel
         has no compaction trigger (CONFIG_COMPACTION off): nothing was done."""

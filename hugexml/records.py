@@ -73,6 +73,18 @@ def _boot_id(value: Any) -> str:
     return value
 
 
+MAX_KEEP_S = 30 * 24 * 3600.0
+
+
+def _keep(value: Any) -> Optional[float]:
+    """A keep window in seconds: None (the config's), -1 (for ever) or 0..30 days."""
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not (value == -1 or 0 <= value <= MAX_KEEP_S):
+        raise RecordError(f"keep_s: {_show(value)} is not a keep window")
+    return float(value)
+
+
 def check_name(value: Any, where: str = "name") -> str:
     if not isinstance(value, str) or not value:
         raise RecordError(f"{where}: {_show(value)} is not a domain name")
@@ -192,6 +204,7 @@ class GuestRecord:
     claimed: dict[Pool, int] = field(default_factory=dict)
     demand: tuple[DemandRow, ...] = ()
     boot_id: str = ""  # the boot it was written in: a record of an earlier boot is void
+    keep_s: Optional[float] = None  # the guest's own keep window (<metadata>); -1: for ever
 
     def check(self) -> GuestRecord:
         """Every field in range (before a write, as after a read); RecordError if not."""
@@ -211,13 +224,15 @@ class GuestRecord:
         if len(self.demand) > MAX_DEMAND_ROWS:
             raise RecordError(f"demand: more than {MAX_DEMAND_ROWS} rows")
         _boot_id(self.boot_id)
+        _keep(self.keep_s)
         return self
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "key": self.key, "name": self.name, "uuid": self.uuid,
                 "state": self.state, "created": self.created, "updated": self.updated,
                 "added": _dump_counts(self.added), "claimed": _dump_counts(self.claimed),
-                "demand": [d.to_json() for d in self.demand], "boot_id": self.boot_id}
+                "demand": [d.to_json() for d in self.demand], "boot_id": self.boot_id,
+                "keep_s": self.keep_s}
 
     @classmethod
     def from_json(cls, raw: Any, drops: list[str],
@@ -244,7 +259,8 @@ class GuestRecord:
                   claimed=_pool_counts(raw.get("claimed", {}), "claimed", drops, known),
                   demand=tuple(DemandRow.from_json(d, f"demand[{i}]")
                                for i, d in enumerate(demand)),
-                  boot_id=_boot_id(raw.get("boot_id", "")))
+                  boot_id=_boot_id(raw.get("boot_id", "")),
+                  keep_s=_keep(raw.get("keep_s")))
         return rec.check()
 
 

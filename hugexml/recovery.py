@@ -30,14 +30,14 @@ def begin(gateway: Any, state: State, config: Config, now: float) -> dict[str, A
     report: dict[str, Any] = {}
     if state.notes:
         report["notes"] = list(state.notes)
-    recovered = recover_intent(gateway, state, config)
+    recovered = recover_intent(gateway, state, config, now)
     if recovered:
         report["recovered"] = recovered
     if state.journal_lost:
         for pool in {p for rec in state.guests.values() for p in rec.added}:
             state.journal.book(pool)
         report["rebuilt"] = "host journal rebuilt from the guest records and the kernel"
-    balanced = balance(state, config, trust_records=state.journal_lost)
+    balanced = balance(state, config, now, trust_records=state.journal_lost)
     if balanced:
         report["balanced"] = balanced
     if state.journal_lost:
@@ -53,25 +53,28 @@ def begin(gateway: Any, state: State, config: Config, now: float) -> dict[str, A
 
 
 # --- unfinished pool changes -------------------------------------------------------------
-def recover_intent(gateway: Any, state: State, config: Config) -> Optional[dict[str, Any]]:
-    """Resolve the intent of a pool change that never committed, by the kernel's counts:
-    pages a grow added are owed back (or kept, with ``[release] policy = keep``), pages a
-    shrink removed leave the books it named."""
+def recover_intent(gateway: Any, state: State, config: Config,
+                   now: float) -> Optional[dict[str, Any]]:
+    """Resolve the intent of a pool change that never committed, by the kernel's counts,
+    pool by pool: where it grew, the pages added are kept for their window (the retried
+    prepare finds them) or owed back; where it shrank (a release, an admin's shrink, the
+    larger pool of a demote), the pages removed leave the books it named."""
     intent = state.journal.intent
     if intent is None:
         return None
     out: dict[str, Any] = {"op": intent.op, "purpose": intent.purpose, "guest": intent.guest,
                            "pid": intent.pid, "pools": {}}
     for pool, rec in sorted(intent.pools.items()):
-        now = read_pool(gateway, *pool).persistent
+        have = read_pool(gateway, *pool).persistent
         book = state.journal.book(pool)
-        if intent.op == "grow":
-            added = max(0, min(now - rec.before, rec.target - rec.before))
+        if rec.target >= rec.before:
+            added = max(0, min(have - rec.before, rec.target - rec.before))
             if added:  # an admin's failed `allocate` keeps nothing
-                owe(book, added, config, keep=False if intent.purpose == "admin" else None)
+                owe(book, pool, added, config, now,
+                    keep=0.0 if intent.purpose == "admin" else None)
             out["pools"][pool_key(pool)] = {"added_then_owed_back": added}
         else:
-            removed = max(0, min(rec.before - now, rec.before - rec.target))
+            removed = max(0, min(rec.before - have, rec.before - rec.target))
             out["pools"][pool_key(pool)] = {"removed": removed,
                                             "from": debit(book, rec.buckets, removed)}
     state.journal.intent = None
@@ -79,11 +82,21 @@ def recover_intent(gateway: Any, state: State, config: Config) -> Optional[dict[
     return out
 
 
-def owe(book: PoolBook, pages: int, config: Config, keep_until: Optional[float] = None,
-        keep: Optional[bool] = None) -> str:
-    """Pages a guest gave up: kept (``policy = keep``, or ``keep``) or owed back."""
-    if keep if keep is not None else config.release_policy == "keep":
-        add_kept(book, pages, keep_until)
+FOREVER = -1.0  # a keep window without end (``policy = keep``, a guest's keep for="forever")
+
+
+def owe(book: PoolBook, pool: Pool, pages: int, config: Config, now: float,
+        keep: Optional[float] = None) -> str:
+    """Pages a guest gave up: kept for a window, or owed back. ``keep``: the window in
+    seconds (FOREVER, 0 for at once), else the guest's override or ``[release]``'s:
+    ``policy = keep`` is for ever, ``keep_for`` per page size."""
+    if keep is None:
+        keep = FOREVER if config.release_policy == "keep" else config.keep_window_s(pool[1])
+    if keep == FOREVER:
+        add_kept(book, pages, None)
+        return "kept"
+    if keep > 0:
+        add_kept(book, pages, now + keep)
         return "kept"
     book.unreleased += pages
     return "unreleased"
@@ -130,7 +143,8 @@ def debit(book: PoolBook, buckets: tuple[str, ...], pages: int) -> dict[str, int
 
 
 # --- the journal against the guest records ------------------------------------------------
-def balance(state: State, config: Config, trust_records: bool = False) -> dict[str, Any]:
+def balance(state: State, config: Config, now: float,
+            trust_records: bool = False) -> dict[str, Any]:
     """Make each pool's ``guests`` total equal the sum of the records' ``added``.
 
     Fewer in the records (a record was lost, quarantined or half-written): the difference is
@@ -153,7 +167,8 @@ def balance(state: State, config: Config, trust_records: bool = False) -> dict[s
         elif have < book.guests:
             orphans = book.guests - have
             book.guests = have
-            out[pool_key(pool)] = {"unclaimed_pages": orphans, "now": owe(book, orphans, config)}
+            out[pool_key(pool)] = {"unclaimed_pages": orphans,
+                                   "now": owe(book, pool, orphans, config, now)}
         else:
             out[pool_key(pool)] = {"clamped": clamp_records(state, pool, have - book.guests)}
     return out
@@ -177,9 +192,8 @@ def clamp_records(state: State, pool: Pool, pages: int) -> dict[str, int]:
     return out
 
 
-def release_record(state: State, key: str, config: Config,
-                   keep: Optional[bool] = None) -> dict[str, Any]:
-    """Forget a guest's record; its added pages are kept or owed back."""
+def release_record(state: State, key: str, config: Config, now: float) -> dict[str, Any]:
+    """Forget a guest's record; its added pages are kept for their window or owed back."""
     rec = state.remove(key)
     moved: dict[str, dict[str, int]] = {"kept": {}, "unreleased": {}}
     if rec is None:
@@ -187,7 +201,7 @@ def release_record(state: State, key: str, config: Config,
     for pool, pages in rec.added.items():
         book = state.journal.book(pool)
         book.guests = max(0, book.guests - pages)
-        moved[owe(book, pages, config, keep=keep)][pool_key(pool)] = pages
+        moved[owe(book, pool, pages, config, now, keep=rec.keep_s)][pool_key(pool)] = pages
     state.journal_dirty = True
     return moved
 
@@ -198,7 +212,7 @@ def expire(state: State, config: Config, now: float) -> list[str]:
     stale = [k for k, r in state.guests.items() if r.state == "pending" and now - r.updated > limit]
     names = [state.guests[k].name for k in stale]
     for key in stale:
-        release_record(state, key, config)
+        release_record(state, key, config, now)
     return names
 
 

@@ -2,8 +2,10 @@
 
 ``PoolTxn`` changes each (node, size) pool relative to the persistent count it read first
 (``nr_hugepages - surplus_hugepages``: a node write sets the persistent count), reads every
-write back, and when the kernel grants fewer pages than asked (fragmentation) compacts the
-node, optionally drops caches, and retries within ``config.retries`` and ``config.timeout_s``.
+write back, and when the kernel grants fewer pages than asked (fragmentation) splits larger
+pages hugexml owns on the node (``relieve``, the allocator's demote), compacts the node, then
+the whole host, optionally drops caches, and retries within ``config.retries`` and
+``config.timeout_s``; a final short grant names what was tried and what would help.
 ``rollback`` puts every pool it grew back to its count before. The caller (hugexml.alloc)
 holds the lock and has written its intent to the ledger before the first write.
 """
@@ -83,7 +85,8 @@ def predicted_allocatable(gateway: Any, node: int, size_kib: int,
 class PoolTxn:
     def __init__(self, gateway: Any, config: Config, domain: Optional[str],
                  progress: Optional[Progress] = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 relieve: Optional[Callable[[int, int, int], int]] = None) -> None:
         self.gateway = gateway
         self.config = config
         self.domain = domain
@@ -91,6 +94,8 @@ class PoolTxn:
         self.monotonic = monotonic
         self.before: dict[Pool, int] = {}
         self._dropped = False
+        # (node, size_kib, pages missing) -> pages of that size split from larger pages
+        self.relieve = relieve
 
     def _say(self, text: str) -> None:
         if self.progress is not None:
@@ -104,47 +109,88 @@ class PoolTxn:
             return PoolState(persistent=nr, free=-1, surplus=0)
         return read_pool(self.gateway, node, size_kib)
 
-    def grow(self, pools: dict[Pool, int], start: dict[Pool, PoolState]) -> None:
+    def grow(self, pools: dict[Pool, int], start: dict[Pool, PoolState]) -> dict[Pool, int]:
         """Add ``pools[p]`` pages to each pool, or raise PoolShort naming the first pool the
-        kernel would not fill (the caller then calls ``rollback``)."""
+        kernel would not fill (the caller then calls ``rollback``). Returns how much each
+        pool grew: more than asked when a demote split more than was missing."""
+        grown: dict[Pool, int] = {}
         for pool in sorted(pools):
             pages = pools[pool]
             if pages <= 0:
                 continue
             node, size_kib = pool
             self.before.setdefault(pool, start[pool].persistent)
-            got = self._grow_one(node, size_kib, pages, start[pool].surplus)
+            tried: list[str] = []
+            got = self._grow_one(node, size_kib, pages, start[pool].surplus, tried)
             if got < pages:
                 # The caller rolls back every pool this transaction touched.
-                detail = buddy_picture(self.gateway, node, size_kib)
                 raise error(PoolShort, self.domain, node=node, size_kib=size_kib, needed=pages,
-                            got=got, detail=detail)
+                            got=got, detail=self._short_detail(node, size_kib, tried))
+            grown[pool] = got
+        return grown
 
-    def _grow_one(self, node: int, size_kib: int, pages: int, surplus: int) -> int:
+    def _short_detail(self, node: int, size_kib: int, tried: list[str]) -> str:
+        """What was tried, what the node's free memory looks like, what would help."""
+        helps = ["a smaller page size (hugexml rewrite --page-size 2M)" if size_kib > 2048
+                 else "fewer pages on this node",
+                 "pages reserved at boot (hugexml boot --from-guests)"]
+        if size_kib > 2048:
+            helps.insert(0, "a keep window, so pages of stopped guests stay "
+                            "([release] keep_for)")
+        return (f"Tried: {', '.join(tried) or 'nothing more (retries = 0)'}. "
+                f"{buddy_picture(self.gateway, node, size_kib)}. "
+                f"What would help: {'; '.join(helps)}.")
+
+    def _grow_one(self, node: int, size_kib: int, pages: int, surplus: int,
+                  tried: list[str]) -> int:
+        """Grow one pool to ``before + pages``. On a short grant: first split larger pages
+        hugexml owns on the node (``relieve``: demote moves no normal memory), then compact
+        the node, then the whole host, then drop caches (if allowed), within ``retries``
+        and ``timeout``. Returns how much the pool grew."""
         before = self.before[(node, size_kib)]
         target = before + pages
         deadline = self.monotonic() + max(0.0, float(self.config.timeout_s))
-        attempt = 0
-        current = before
+        attempt, steps, relieved = 0, self._relief_steps(node), False
         while True:
             attempt += 1
             state = self._write(node, size_kib, target, surplus)
-            current = state.persistent
             surplus = state.surplus
-            got = current - before
+            got = state.persistent - before
+            if got < pages and self.relieve is not None and not relieved:
+                relieved = True
+                split = self.relieve(node, size_kib, pages - got)
+                tried.append(f"demote ({split} x {size_kib} KiB pages split from larger "
+                             "pages hugexml owns)")
+                if split:
+                    got = read_pool(self.gateway, node, size_kib).persistent - before
             if got >= pages:
                 if attempt > 1:
                     self._say(f"node {node}: {pages} x {size_kib} KiB pages added")
-                return pages
-            if attempt > int(self.config.retries) or self.monotonic() >= deadline:
+                return got
+            if attempt > int(self.config.retries) or self.monotonic() >= deadline or not steps:
                 return max(0, got)
+            name, step = steps.pop(0)
             self._say(f"node {node}: {max(0, got)}/{pages} x {size_kib} KiB pages so far, "
-                      f"compacting (attempt {attempt + 1})")
-            if self.config.compact:
-                self.gateway.compact(node)
-            if self.config.drop_caches and not self._dropped:
+                      f"{name} (attempt {attempt + 1})")
+            tried.append(name)
+            step()
+
+    def _relief_steps(self, node: int) -> list[tuple[str, Callable[[], object]]]:
+        """What a short grant tries between writes, in order: compacting the node (again
+        on later attempts), the whole host, then dropping the page cache once."""
+        steps: list[tuple[str, Callable[[], object]]] = []
+        again: tuple[str, Callable[[], object]] = ("another try", lambda: None)
+        if self.config.compact:
+            again = (f"compaction of node {node}", lambda: self.gateway.compact(node))
+            steps += [again, ("compaction of the whole host", self.gateway.compact_all)]
+        if self.config.drop_caches and not self._dropped:
+            def drop() -> None:
                 self.gateway.drop_caches()
                 self._dropped = True
+            steps.append(("drop_caches", drop))
+        while len(steps) < int(self.config.retries):  # more retries than steps: the node again
+            steps.insert(1 if self.config.compact else 0, again)
+        return steps
 
     def shrink(self, node: int, size_kib: int, pages: int, start: PoolState) -> int:
         """Give ``pages`` back; returns how many the kernel really freed."""

@@ -14,10 +14,13 @@ G1 = 1048576
 
 
 def make_config(**over: Any) -> Any:
-    """The real Config (defaults from load_config) with fields replaced."""
+    """The real Config (defaults from load_config) with fields replaced. Without a
+    ``keep_for``, no keep window: released pages go back at once, so the allocator's tests
+    see pools return to where they were (tests of the keep window pass their own)."""
     from hugexml.config import load_config
 
     base = load_config("/nonexistent/hugexml.conf", False)
+    over.setdefault("keep_for", ())
     return dataclasses.replace(base, **over)
 
 

@@ -225,6 +225,23 @@ class _Kernel:
             if int(key.split(":")[1]) == size and (node is None or key == _key(node, size)):
                 del self.conf["short_grant"][key]
 
+    def demote(self, node: int, size: int, count: int) -> None:
+        """mm/hugetlb.c demote_store: while asked and the node has free pages beyond the
+        size's reserved ones, split one into size/demote_size pages of the smaller pool
+        (persistent, free; no memory moves)."""
+        smaller = [s for s in self.sizes if s < size]
+        if not smaller:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        small, ratio = max(smaller), size // max(smaller)
+        big, little = self.pools[_key(node, size)], self.pools[_key(node, max(smaller))]
+        while count and big[1] - self.resv[size] > 0:
+            big[0] -= 1
+            big[1] -= 1
+            little[0] += ratio
+            little[1] += ratio
+            count -= 1
+        del small
+
 
 class FakeSysIO(SysIO):
     """SysIO for a fake root: reads are plain (files are replaced atomically), writes are
@@ -273,7 +290,8 @@ class FakeSysIO(SysIO):
         if os.path.exists(os.path.join(self.root, META, "faults")):
             with self.locked() as kern:
                 self._fault(kern, "read", rel)
-        if rel.endswith("/compact") or rel == "proc/sys/vm/drop_caches":
+        if rel.endswith(("/compact", "/demote")) or rel in ("proc/sys/vm/drop_caches",
+                                                             "proc/sys/vm/compact_memory"):
             raise PermissionError(errno.EACCES, "Permission denied", path)
         return super().read_text(path)
 
@@ -310,6 +328,15 @@ class FakeSysIO(SysIO):
                 key, up = _key(node, size), kern.conf["compact_caps"].get(_key(node, size))
                 if up is not None and kern.conf["caps"].get(key) is not None:
                     kern.conf["caps"][key] = max(kern.conf["caps"][key], up)
+        elif name == "demote" and rel.startswith(NODE):
+            kern.demote(int(parts[4][4:]), size, self._number(text, path))
+        elif rel == "proc/sys/vm/compact_memory":
+            kern.conf["compactions"]["all"] = kern.conf["compactions"].get("all", 0) + 1
+            for node in kern.nodes:
+                for size in kern.sizes:
+                    key, up = _key(node, size), kern.conf["compact_caps"].get(_key(node, size))
+                    if up is not None and kern.conf["caps"].get(key) is not None:
+                        kern.conf["caps"][key] = max(kern.conf["caps"][key], up)
         elif rel == "proc/sys/vm/drop_caches":
             level = self._number(text, path)
             if not 1 <= level <= 4:
@@ -346,6 +373,7 @@ class FakeKernel:
                  mem_kib_per_node: int = 16 * GIB_KIB, default_kib: int = 2048, *,
                  used_kib_per_node: int = 512 * 1024, cache_kib_per_node: int = 0,
                  min_free_kib: int = 0, compact_file: bool = True, thp: str = "madvise",
+                 demote: bool = True,
                  mounts: Optional[list[tuple[str, int]]] = None) -> None:
         self.root = os.path.abspath(str(tmp_path))
         node_ids = list(range(nodes))
@@ -357,7 +385,8 @@ class FakeKernel:
         _atomic_write(os.path.join(self.root, META, "state.json"), json.dumps(conf))
         seed = {"sys/kernel/mm/transparent_hugepage/enabled":
                 " ".join(f"[{w}]" if w == thp else w for w in THP_WORDS) + "\n",
-                "proc/sys/vm/drop_caches": "", f"{NODE}/online": f"0-{nodes - 1}\n",
+                "proc/sys/vm/drop_caches": "", "proc/sys/vm/compact_memory": "",
+                f"{NODE}/online": f"0-{nodes - 1}\n",
                 f"{NODE}/possible": f"0-{nodes - 1}\n", f"{NODE}/has_memory": f"0-{nodes - 1}\n"}
         for node in node_ids:
             free = mem_kib_per_node - used_kib_per_node - cache_kib_per_node
@@ -369,6 +398,10 @@ class FakeKernel:
             for size in sizes_kib:
                 for name in ("nr_hugepages", "free_hugepages", "surplus_hugepages"):
                     seed[_Kernel.pool_rel(node, size, name)] = "0\n"
+                smaller = [s for s in sizes_kib if s < size]
+                if smaller and demote:  # Linux >= 5.16: demote and demote_size
+                    seed[_Kernel.pool_rel(node, size, "demote")] = ""
+                    seed[_Kernel.pool_rel(node, size, "demote_size")] = f"{max(smaller)}kB\n"
         for size in sizes_kib:
             for name in ("nr_hugepages", "free_hugepages", "resv_hugepages", "surplus_hugepages",
                          "nr_overcommit_hugepages", "nr_hugepages_mempolicy"):

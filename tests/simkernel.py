@@ -60,6 +60,8 @@ class SimKernel:
         self.exc: BaseException = HostError(path="/sys/fake", reason="injected failure")
         self.dead = False
         self.crash_on_write: Optional[int] = None  # the n-th set_node_nr ever kills us
+        self.can_demote = True
+        self.demotes: list[tuple[int, int, int]] = []
 
     @property
     def gw(self) -> Any:
@@ -172,6 +174,33 @@ class SimKernel:
 
     def drop_caches(self) -> None:
         self._call()
+
+    def compact_all(self) -> bool:
+        self._call()
+        self.compactions.append(-1)
+        for node in self.cap_after_compact:
+            for (n, _), pool in self.pools.items():
+                if n == node:
+                    pool.cap = self.cap_after_compact[node]
+        return True
+
+    def demote_size(self, node: int, size_kib: int) -> Optional[int]:
+        smaller = [s for s in self.sizes if s < size_kib]
+        return max(smaller) if smaller and self.can_demote else None
+
+    def demote(self, node: int, size_kib: int, count: int) -> int:
+        """As the kernel's demote_store: free pages of the node minus the size's reserved
+        pages, each into size/smaller pages of the next size, persistent and free."""
+        self._call()
+        small = self.demote_size(node, size_kib)
+        assert small is not None, "no demote file"
+        big, little = self.pools[(node, size_kib)], self.pools[(node, small)]
+        resv = sum(p.resv for (n, s), p in self.pools.items() if s == size_kib)
+        k = max(0, min(count, big.free - resv, big.persistent))
+        big.persistent -= k
+        little.persistent += k * (size_kib // small)
+        self.demotes.append((node, size_kib, k))
+        return k
 
     def buddyinfo(self) -> dict[int, dict[str, list[int]]]:
         self._call()
@@ -319,6 +348,17 @@ def _counting_gateway(host: FakeKernelHost) -> Any:
             host._call()
             super().drop_caches(level)
 
+        def compact_all(self) -> bool:
+            host._call()
+            host.compactions.append(-1)
+            return super().compact_all()
+
+        def demote(self, node: int, size_kib: int, count: int) -> int:
+            host._call()
+            k = super().demote(node, size_kib, count)
+            host.demotes.append((node, size_kib, k))
+            return k
+
     return CountingGateway(host.fk.host_root, io=host.fk.io)
 
 
@@ -344,6 +384,8 @@ class FakeKernelHost(SimKernel):
         self.calls = 0
         self.writes = []
         self.compactions = []
+        self.demotes = []
+        self.can_demote = True
         self.fail_at = None
         self.exc = HostError(path="/sys/fake", reason="injected failure")
         self.dead = False

@@ -167,9 +167,14 @@ def test_short_grant_rolls_every_pool_back(new_kernel, tmp_path):
     assert "domain 'vm': node 2, 2048 KiB pages: needed 10 more, the kernel granted 5" in text
     assert "buddyinfo" in text
     assert {k: (p.persistent, p.surplus) for k, p in kernel.pools.items()} == before
-    assert kernel.compactions == [2, 2]  # retried config.retries times, compacting
+    # retried config.retries times: the node compacted, then the whole host (-1)
+    assert kernel.compactions == [2, -1]
+    assert "Tried: demote (0 x 2048 KiB pages split from larger pages hugexml owns), " \
+           "compaction of node 2, compaction of the whole host." in text
+    assert "What would help: fewer pages on this node; pages reserved at boot" in text
     if hasattr(kernel, "fk"):  # the real gateway wrote the fake's sysfs files
-        assert kernel.fk.compactions(2) == 2
+        assert kernel.fk.compactions(2) == 1
+        assert kernel.fk.conf()["compactions"]["all"] == 1
         assert [t for rel, t in kernel.fk.writes() if rel.startswith(
             "sys/devices/system/node/node2/hugepages/hugepages-2048kB/nr_hugepages")][-1] == "0"
     data = ledger(tmp_path)
@@ -184,7 +189,7 @@ def test_compaction_can_save_a_short_grant(new_kernel, tmp_path):
     alloc = Allocator(kernel.gw, str(tmp_path / "s"), make_config(), progress=messages.append)
     alloc.reserve(plan("vm", (4, (0,), "strict", G1)), guest("vm"))
     assert kernel.nr(0, G1) == 4
-    assert any("compacting" in m for m in messages)
+    assert any("compaction of node 0" in m for m in messages)
 
 
 def test_timeout_bounds_the_retries(new_kernel, tmp_path):

@@ -23,6 +23,9 @@ Invariants after every step:
 - every pending guest's promised pages are free right now, so it can map them when it starts;
 - a failed transaction leaves every count as it was; no intent survives the next run.
 
+Time passes (``time_passes``): 1G pages a stopped guest gave up are kept for a window, then
+owed back; a start short of 2M pages may split kept or owed 1G pages (demote).
+
 A rule also breaks the state files as a bad disk, a bug or a hand edit would: a guest's
 record corrupted, truncated, deleted or given a field of the wrong type (``break_record``),
 or the host journal itself (``break_journal``). A lost record never leaks its pages (the
@@ -129,7 +132,11 @@ class AllocatorMachine(RuleBasedStateMachine):
         self.outside = {pool: p.persistent for pool, p in self.kernel.pools.items()}
         self.outside_used = {pool: p.used for pool, p in self.kernel.pools.items()}
         self.shrunk = dict.fromkeys(self.outside, 0)  # pages others shrank, per pool
-        self.config = make_config(margin_min_kib=GIB, margin_percent=5, retries=1)
+        # 1G pages of stopped guests stay for a 10 minute keep window (time_passes ends it);
+        # demote splits kept or owed 1G pages when a node is short of 2M pages
+        self.config = make_config(margin_min_kib=GIB, margin_percent=5, retries=1,
+                                  keep_for=((G1, 600.0),), pending_timeout_s=7 * 86400)
+        self.now = 1000.0
         self.alloc = self.new_process()
         self.state = dict.fromkeys(GUESTS, "stopped")  # stopped | pending | active
         self.mapped: dict[str, dict[tuple[int, int], int]] = {g: {} for g in GUESTS}
@@ -140,7 +147,12 @@ class AllocatorMachine(RuleBasedStateMachine):
         shutil.rmtree(self.root, ignore_errors=True)
 
     def new_process(self) -> Allocator:
-        return Allocator(self.kernel.gw, self.dir, self.config, clock=lambda: 1000.0)
+        return Allocator(self.kernel.gw, self.dir, self.config, clock=lambda: self.now)
+
+    @rule(seconds=st.sampled_from((0.0, 30.0, 599.0, 601.0, 900.0)))
+    def time_passes(self, seconds: float) -> None:
+        """Keep windows end: the next session owes those pages back (given back if free)."""
+        self.now += seconds
 
     def counts(self) -> dict[tuple[int, int], tuple[int, int]]:
         return {pool: (p.persistent, p.surplus) for pool, p in self.kernel.pools.items()}
@@ -154,10 +166,23 @@ class AllocatorMachine(RuleBasedStateMachine):
         if self.state[g] == "active":
             return
         before, record = self.counts(), self.ledger()["guests"].get(g)
+        demotes = len(self.kernel.demotes)
         try:
             self.alloc.reserve(plan(g, *items), guest(g))
         except HugexmlError:
-            assert self.counts() == before, "a failed reserve changed the pools"
+            # a failed reserve changes nothing, but for owned idle 1G pages it split first
+            # (demote cannot be undone): the 1G pool lost them, the 2M pool may hold them
+            split: dict[tuple[int, int], int] = {}
+            for node, size, k in self.kernel.demotes[demotes:]:
+                split[(node, size)] = split.get((node, size), 0) + k
+            after = self.counts()
+            for pool, (nr, surplus) in before.items():
+                node, size = pool
+                gone = split.get(pool, 0)
+                into = split.get((node, G1), 0) * (G1 // M2) if size == M2 else 0
+                assert after[pool][1] == surplus, "a failed reserve made surplus pages"
+                assert nr - gone <= after[pool][0] <= nr - gone + into, (
+                    "a failed reserve changed the pools", pool, before[pool], after[pool])
             if g not in self.lost:
                 assert self.ledger()["guests"].get(g) == record
             return

@@ -16,8 +16,11 @@ GIB_KIB = 1024 * 1024
 def test_defaults():
     assert Config() == Config(margin_min_kib=GIB_KIB, margin_percent=5.0, compact=True,
                               drop_caches=False, retries=3, timeout_s=30.0, lock_timeout_s=90.0,
-                              release_policy="release", pending_timeout_s=600.0,
-                              boot_reserve="", hook_log="syslog")
+                              demote=True, release_policy="release",
+                              keep_for=((1048576, 600.0), (2048, 0.0)),
+                              pending_timeout_s=600.0, boot_reserve="", hook_log="syslog")
+    assert Config().keep_window_s(1048576) == 600.0 and Config().keep_window_s(2048) == 0.0
+    assert Config().keep_window_s(16 * 1048576) == 0.0  # a size not listed: at once
     assert parse_config("") == Config()
     assert parse_config(DEFAULT_CONFIG_TEXT) == Config()  # all commented out
 
@@ -35,14 +38,15 @@ def test_default_text_uncommented_is_the_defaults_and_lists_every_key():
     text = uncommented()
     assert parse_config(text) == Config()
     listed = re.findall(r"(?m)^([a-z_]+) =", text)
-    assert len(listed) == len(dataclasses.fields(Config)) == 11
+    assert len(listed) == len(dataclasses.fields(Config)) == 13
     assert sorted(listed) == sorted(k for _s, k in KEYS_SEEN)
 
 
 KEYS_SEEN = [("allocation", "margin_min"), ("allocation", "margin_percent"),
              ("allocation", "compact"), ("allocation", "drop_caches"),
              ("allocation", "retries"), ("allocation", "timeout"),
-             ("allocation", "lock_timeout"), ("release", "policy"),
+             ("allocation", "lock_timeout"), ("allocation", "demote"), ("release", "policy"),
+             ("release", "keep_for"),
              ("claims", "pending_timeout"), ("boot", "reserve"), ("hook", "log")]
 
 GOOD = [
@@ -60,7 +64,13 @@ GOOD = [
     ("allocation", "timeout", "2.5", "timeout_s", 2.5),
     ("allocation", "lock_timeout", "120", "lock_timeout_s", 120.0),
     ("allocation", "lock_timeout", "30.5", "lock_timeout_s", 30.5),
+    ("allocation", "demote", "no", "demote", False),
     ("release", "policy", "keep", "release_policy", "keep"),
+    ("release", "keep_for", "1G=2s", "keep_for", ((1048576, 2.0),)),
+    ("release", "keep_for", "2M=1h 1G=1d", "keep_for", ((1048576, 86400.0), (2048, 3600.0))),
+    ("release", "keep_for", "1GiB=0 2048KiB=90", "keep_for", ((1048576, 0.0), (2048, 90.0))),
+    ("release", "keep_for", "", "keep_for", ()),
+    ("release", "keep_for", "1G=2.5m", "keep_for", ((1048576, 150.0),)),
     ("release", "policy", "RELEASE", "release_policy", "release"),
     ("claims", "pending_timeout", "60", "pending_timeout_s", 60.0),
     ("boot", "reserve", "2M:512@0   1G:4@1", "boot_reserve", "2M:512@0 1G:4@1"),
@@ -106,7 +116,19 @@ BAD = [
     ("allocation", "timeout", "inf", "outside"),
     ("allocation", "timeout", "86401", "outside"),
     ("allocation", "lock_timeout", "-0.5", "outside"),
+    ("allocation", "demote", "sometimes", "expected yes or no"),
     ("release", "policy", "delete", "not one of release, keep"),
+    ("release", "keep_for", "1G", "not SIZE=DURATION"),
+    ("release", "keep_for", "1G=-1m", "not a duration"),
+    ("release", "keep_for", "1G=10 minutes", "not SIZE=DURATION"),
+    ("release", "keep_for", "1G=1e9", "not a duration"),
+    ("release", "keep_for", "1G=31d", "longer than 30 days"),
+    ("release", "keep_for", "1G=999999999d", "longer than 30 days"),
+    ("release", "keep_for", "1G=forever", "not a duration"),
+    ("release", "keep_for", "4K=1m", "not a hugepage size"),
+    ("release", "keep_for", "1G=1m 1024M=2m", "listed twice"),
+    ("release", "keep_for", "lots=1m", "not a size"),
+    ("release", "keep_for", "1G=\u0661m", "not a duration"),
     ("claims", "pending_timeout", "0", "outside 1.."),
     ("claims", "pending_timeout", "1e9", "outside"),
     ("boot", "reserve", "2M", "not SIZE:COUNT[@NODE]"),

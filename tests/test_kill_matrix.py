@@ -50,7 +50,8 @@ class Dying:
 
 def dying_process(kernel, state_dir: str, dying: Dying, monkeypatch) -> Allocator:
     gw = kernel.gw
-    for name in ("node_pool", "global_pool", "node_meminfo", "set_node_nr", "compact"):
+    for name in ("node_pool", "global_pool", "node_meminfo", "set_node_nr", "compact",
+                 "compact_all", "demote"):
         real = getattr(gw, name)
 
         def wrapped(*args, _real=real, **kwargs):
@@ -90,11 +91,25 @@ def _reconcile(a):
     return a.reconcile()
 
 
+def _demote(a):
+    """A 2M start on node 1, where no fresh 2M page is to be had: a kept 1G page is split."""
+    return a.reserve(plan("vm", (100, (1,), "strict")), guest("vm"))
+
+
 OPERATIONS = {"reserve": _reserve, "release": _release, "allocate": _admin,
-              "shrink": _shrink, "reconcile": _reconcile}
+              "shrink": _shrink, "reconcile": _reconcile, "demote": _demote}
 
 
-def setup(kernel, state_dir: str) -> None:
+def setup_demote(kernel, state_dir: str) -> None:
+    """One 1G page a stopped guest left in its keep window on node 1; node 1 fragmented."""
+    alloc = Allocator(kernel.gw, state_dir, make_config(keep_for=((G1, 600.0),)),
+                      clock=lambda: 1000.0)
+    alloc.reserve(plan("big", (1, (1,), "strict", G1)), guest("big"))
+    alloc.release(guest("big"))
+    kernel.set(1, M2, cap=0)
+
+
+def setup(kernel, state_dir: str, name: str = "") -> None:
     """The host before the operation: an admin's pages, a running guest, an owed page."""
     kernel.set(0, M2, persistent=3)                    # not hugexml's
     alloc = Allocator(kernel.gw, state_dir, make_config(), clock=lambda: 1000.0)
@@ -107,6 +122,8 @@ def setup(kernel, state_dir: str) -> None:
     kernel.map(1, M2, 2)             # its pages still mapped when it is released:
     alloc.release(guest("gone"))     # owed back, given back once free
     kernel.unmap(1, M2, 2)
+    if name == "demote":
+        setup_demote(kernel, state_dir)
 
 
 def cases():
@@ -118,7 +135,7 @@ def cases():
 def count_steps(tmp_path, kind, name, monkeypatch) -> int:
     kernel = make_kernel(kind, str(tmp_path / "count-root"), nodes=2)
     state = str(tmp_path / "count-state")
-    setup(kernel, state)
+    setup(kernel, state, name)
     dying = Dying(None)
     with monkeypatch.context() as m:
         OPERATIONS[name](dying_process(kernel, state, dying, m))
@@ -151,7 +168,7 @@ def test_a_kill_at_every_step_is_recovered(tmp_path, monkeypatch, kind, name):
     for k in range(1, steps + 1):
         root, state = str(tmp_path / f"root{k}"), str(tmp_path / f"state{k}")
         kernel = make_kernel(kind, root, nodes=2)
-        setup(kernel, state)
+        setup(kernel, state, name)
         outside = {pool: 0 for pool in kernel.pools}
         outside[(0, M2)] = 3
         dying = Dying(k)
