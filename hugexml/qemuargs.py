@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from hugexml.errors import InvalidDomain, MountMissing
 from hugexml.model import Domain, MemNode, MemoryDevice
-from hugexml.qemuxml import DomainExtras, MemoryExtras
+from hugexml.qemuxml import DomainExtras
 
 CELL_ALIGN_KIB = 1024
 MODULE_ALIGN_KIB = 2048
@@ -50,6 +50,9 @@ class QemuEnv:
     hugetlbfs_subdir: str = ""
     backing_subdir: str = "{name}"
     align: bool = True  # False: keep sizes as written (libvirt on incoming migration)
+    # qemu >= 7.2: a thread-context object per preallocated backend bound to host nodes
+    # (libvirt 9.0 adds one when its qemu has it), so preallocation runs on those nodes
+    thread_context: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class Backend:
     host_nodes: Optional[tuple[int, ...]] = None
     policy: Optional[str] = None  # bind | preferred | interleave
     system_memory: bool = False
+    thread_context: bool = False  # preallocate with thread-context 'tc-<id>'
 
     def props(self) -> dict[str, Any]:
         """The JSON -object form, keys in libvirt's order."""
@@ -88,15 +92,24 @@ class Backend:
             p["reserve"] = self.reserve
         if self.prealloc:
             p["prealloc"] = True
-            if self.prealloc_threads:
-                p["prealloc-threads"] = self.prealloc_threads
+        if self.prealloc_threads:  # libvirt sets the threads whether it preallocates or not
+            p["prealloc-threads"] = self.prealloc_threads
         p["size"] = self.size_bytes
         if self.pmem:
             p["pmem"] = True
         if self.host_nodes is not None and self.policy is not None:
             p["host-nodes"] = list(self.host_nodes)
             p["policy"] = self.policy
+        if self.thread_context:
+            p["prealloc-context"] = f"tc-{self.id}"
         return p
+
+    def thread_context_props(self) -> Optional[dict[str, Any]]:
+        """The thread-context object that must come before this backend, if any."""
+        if not self.thread_context:
+            return None
+        return {"qom-type": "thread-context", "id": f"tc-{self.id}",
+                "node-affinity": list(self.host_nodes or ())}
 
 
 @dataclass(frozen=True)
@@ -228,32 +241,31 @@ class _Builder:
         size_kib: int,
         cell: int,
         dev: Optional[MemoryDevice] = None,
-        dev_x: Optional[MemoryExtras] = None,
         cell_access: Optional[str] = None,
         cell_discard: Optional[bool] = None,
     ) -> Backend:
         dom, env = self.dom, self.env
         access = dev.access if dev is not None else cell_access
+        if dev is not None and dev.model == "virtio-pmem" and access is None:
+            access = "shared"  # virDomainMemoryDefPostParse
         if access is None and cell >= 0 and dev is not None and cell in self.cell_by_id:
             access = self.cell_by_id[cell].mem_access
         if access is None:
             access = dom.access
-        discard = dev_x.discard if dev_x is not None else cell_discard
-        if discard is None and dev is not None and cell >= 0:
-            discard = self.extras.cell_discard.get(cell)
+        discard = dev.discard if dev is not None else cell_discard
+        if discard is None and dev is not None and cell in self.cell_by_id:
+            discard = self.cell_by_id[cell].discard
         if discard is None:
-            discard = self.extras.discard
+            discard = True if dom.discard else None
         page_kib = self.page_for(cell, dev.source_page_kib if dev is not None else None)
         share = {"shared": True, "private": False}.get(access or "")
-        prealloc = self.extras.allocation_immediate
-        nv_path = dev_x.path if dev_x is not None else None
+        prealloc = dom.allocation == "immediate"
+        nv_path = dev.path if dev is not None else None
         kw: dict[str, Any] = {}
         if nv_path:  # nvdimm / virtio-pmem: their own file, whatever the guest RAM uses
             qom = "memory-backend-file"
             kw["mem_path"] = nv_path
-            pmem_dev = (dev_x is not None and dev_x.pmem) or (
-                dev is not None and dev.model == "virtio-pmem"
-            )
+            pmem_dev = dev is not None and (dev.pmem or dev.model == "virtio-pmem")
             prealloc = prealloc or not pmem_dev
         elif dom.source == "memfd":
             qom = "memory-backend-memfd"
@@ -276,7 +288,7 @@ class _Builder:
         if dev is not None and dev.model == "virtio-mem":
             kw["reserve"] = False
             prealloc = False  # virtio-mem preallocates through the device
-        if dev_x is not None and dev_x.pmem:
+        if dev is not None and dev.pmem:
             kw["pmem"] = True
         nodes = (
             tuple(sorted(dev.source_nodemask))
@@ -286,13 +298,16 @@ class _Builder:
         mode = self.mode(cell)
         if nodes is not None and mode in POLICY:
             kw.update(host_nodes=nodes, policy=POLICY[mode])
+            # qemuBuildThreadContextProps: preallocating threads run on the bound nodes
+            kw["thread_context"] = env.thread_context and prealloc
         return Backend(
             id=backend_id,
             qom_type=qom,
             size_bytes=size_kib * 1024,
             share=share,
             prealloc=prealloc,
-            prealloc_threads=self.extras.allocation_threads if prealloc else None,
+            prealloc_threads=(dom.allocation_threads or None)
+            if dev is None or dev.model != "virtio-mem" else None,
             system_memory=cell < 0 and dev is None,
             **kw,
         )
@@ -322,7 +337,7 @@ class _Builder:
                         size,
                         cell.cell_id,
                         cell_access=cell.mem_access,
-                        cell_discard=x.cell_discard.get(cell.cell_id),
+                        cell_discard=cell.discard,
                     )
                 )
                 numa.append(NumaNode(cell.cell_id, x.cell_cpus.get(cell.cell_id, ()), alias))
@@ -343,14 +358,15 @@ class _Builder:
                     "as the guest has only "
                     f"'{len(dom.cells)}' NUMA nodes configured",
                 )
-            back = self.backend(dev_id, f"mem{dev_id}", size, target, dev=dev, dev_x=dev_x)
+            back = self.backend(dev_id, f"mem{dev_id}", size, target, dev=dev)
             backends.append(back)
             props: list[tuple[str, Any]] = []
             if dev.model == "virtio-mem":
-                if dev_x.block_kib:
-                    props.append(("block-size", dev_x.block_kib * 1024))
-                props.append(("requested-size", (dev_x.requested_kib or 0) * 1024))
-                if x.allocation_immediate or self.page_for(target, dev.source_page_kib) is not None:
+                if dev.block_kib:
+                    props.append(("block-size", dev.block_kib * 1024))
+                props.append(("requested-size", dev.requested_kib * 1024))
+                if dom.allocation == "immediate" \
+                        or self.page_for(target, dev.source_page_kib) is not None:
                     props.append(("prealloc", True))
             elif dev_x.slot is not None:
                 props.append(("slot", dev_x.slot))
@@ -360,7 +376,7 @@ class _Builder:
             initial = dom.memory_kib - sum(d.size_kib for d in dom.memory_devices)
         return QemuMemory(
             memory_kib=initial,
-            slots=x.slots,
+            slots=dom.max_memory_slots or None,
             max_memory_kib=(
                 align_up(dom.max_memory_kib, CELL_ALIGN_KIB) if env.align else dom.max_memory_kib
             )
@@ -382,10 +398,10 @@ def from_xml(data: bytes, env: QemuEnv, host: Any = None, source: str = "<stdin>
     """Parse, validate (the plan rejects what libvirt rejects) and build. Still pure."""
     from hugexml.domxml import parse_domain_tree
     from hugexml.plan import make_plan
-    from hugexml.qemuxml import parse_extras
+    from hugexml.qemuxml import derive
     from hugexml.xmlsafe import parse_bytes
 
     tree = parse_bytes(data, source)
     dom = parse_domain_tree(tree, source)
     make_plan(dom, host)
-    return build(dom, parse_extras(tree), env)
+    return build(dom, derive(dom), env)
