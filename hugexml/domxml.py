@@ -49,6 +49,8 @@ MEM_ACCESS = ("default", "shared", "private")
 BACKING_SOURCES = ("none", "file", "anonymous", "memfd")
 ALLOCATIONS = ("none", "immediate", "ondemand")
 MEMORY_MODELS = ("", "dimm", "nvdimm", "virtio-pmem", "virtio-mem", "sgx-epc")
+ADDRESS_TYPES = ("none", "pci", "drive", "virtio-serial", "ccid", "usb", "spapr-vio",
+                 "virtio-s390", "ccw", "virtio-mmio", "isa", "dimm", "unassigned")
 
 
 def load_domain(data: bytes, source: str = "<stdin>") -> Domain:
@@ -234,6 +236,8 @@ def _address(address: Any) -> dict[str, Any]:
     kind = address.get("type")
     if kind is None:
         raise UnitError("No type specified for device address")
+    if kind not in ADDRESS_TYPES[1:]:
+        raise UnitError(f"unknown address type '{xmlread.clip(kind)}'")
     out: dict[str, Any] = {"address_type": kind}
     if kind == "dimm":
         out["slot"] = xmlread.uint(address, "slot", required=True)

@@ -185,7 +185,7 @@ class _Builder:
             if self.env.auto_nodes is None:
                 raise InvalidDomain(
                     domain=self.dom.name,
-                    reason="automatic NUMA placement needs advice (numad) on this host",
+                    reason="Advice from numad is needed in case of automatic numa placement",
                 )
             return tuple(self.env.auto_nodes)
         return tuple(sorted(nt.nodeset)) if nt.nodeset is not None else None

@@ -275,3 +275,19 @@ def test_refit_always_fits_the_host(case: tuple[bytes, HostInfo, Optional[frozen
     assert result.changed == (result.data != data) and (result.notes != []) == result.changed
     newline = b"\r\n" if b"\r\n" in data else b"\n"
     assert result.data.count(b"\n") == result.data.count(newline)
+
+
+def test_a_refit_libvirt_would_refuse_is_not_made() -> None:
+    """Dropping the <memory> binding (its node is gone) would leave a memnode under the
+    automatic placement <vcpu placement='auto'> implies: libvirt refuses that, so refit
+    raises and the hook prints the input as it was (fail open)."""
+    from hugexml.errors import InvalidDomain
+
+    data = NUMA.replace(b'<memory mode="strict" nodeset="0-3"/>',
+                        b'<memory mode="strict" nodeset="3"/>').replace(
+        b"<vcpu>2</vcpu>", b"<vcpu placement='auto'>2</vcpu>")
+    make_plan(load_domain(data, "numa"), HostInfo(default_page_kib=M2, page_sizes_kib=(M2, G1),
+                                                  nodes=(0, 1, 2, 3)))  # valid where it was
+    with pytest.raises(InvalidDomain, match="Per-node binding is not compatible with "
+                                            "automatic NUMA placement"):
+        refit_for_host(data, BOTH, None, "numa")

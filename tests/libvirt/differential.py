@@ -91,10 +91,20 @@ class Oracle:
         import libvirt
 
         self.libvirt = libvirt
+        self.uri = conn.getURI()
         self.conn = conn
         self.host = host
         self.env = pretend_env(mounts, host.default_page_kib, thread_context)
         self.calls = 0
+        self.rewrites = {"refused": 0, "checked": 0, "same as another size": 0}
+
+    def reconnect(self) -> None:
+        """A new connection (after the daemon restarted)."""
+        try:
+            self.conn.close()
+        except self.libvirt.libvirtError:
+            pass
+        self.conn = self.libvirt.open(self.uri)
 
     # --- libvirt --------------------------------------------------------------------
     def native(self, xml: str) -> Side:
@@ -170,17 +180,20 @@ class Oracle:
             except HugexmlError as exc:
                 if exc.exit_code != 2:
                     kinds.append(f"rewrite {label}: exit {exc.exit_code}: {shape(str(exc))}")
+                self.rewrites["refused"] += 1
                 continue
             if out in seen:
+                self.rewrites["same as another size"] += 1
                 continue
             seen.add(out)
+            self.rewrites["checked"] += 1
             text = out.decode()
             native = self.native(text)
             if not native.ok and NUMAD in native.message:
                 # a pretend start asks no numad; hugexml's qemu-args, run the same way, must
                 # refuse the output too
                 qa, _plan = self.ours(out, name)
-                if not qa.ok and "advice" in qa.message:
+                if not qa.ok and NUMAD in qa.message:
                     native = Side(True)
             if not native.ok:
                 kinds.append(f"rewrite {label} output refused by domxml-to-native: "
