@@ -144,3 +144,80 @@ def test_too_many_elements_are_bounded():
     pages = "<page size='2048'/>" * 1025
     with pytest.raises(InvalidDomain, match="too many <page> elements"):
         load_domain(dom(f"<memoryBacking><hugepages>{pages}</hugepages></memoryBacking>"))
+
+
+# --- libvirt's value readers (hugexml.xmlread) ---------------------------------------------
+@pytest.mark.parametrize("text,expected", [
+    ("0", {0}), ("0-3", {0, 1, 2, 3}), ("0-3,^2", {0, 1, 3}), (" 1 , 3 ", {1, 3}),
+    ("^0,0", {0}), ("0,^0,0", {0}), ("0-2,^1,1", {0, 1, 2}), ("0- 2", {0, 1, 2}),
+    ("0-+2", {0, 1, 2}), ("16383", {16383}), ("1,^1", set()), ("^1", set()), ("1,", {1}),
+])
+def test_bitmaps_read_left_to_right_as_libvirt(text, expected):
+    from hugexml.xmlread import bitmap
+
+    assert bitmap(text) == frozenset(expected)
+
+
+@pytest.mark.parametrize("text", ["", " ", "a", "1-0", "0-", "-1", "^ 1", "^1-2", "0,,1",
+                                  "1 2", "+1", "16384", "0-16384", "0x1", ",1"])
+def test_bad_bitmaps_fail_as_libvirt(text):
+    from hugexml.units import UnitError
+    from hugexml.xmlread import bitmap
+
+    with pytest.raises(UnitError, match="Failed to parse bitmap"):
+        bitmap(text)
+
+
+@pytest.mark.parametrize("value,unit,kib", [
+    ("2048", None, 2048), ("+2048", "KiB", 2048), (" 2", "M", 2048), ("2", "MiB", 2048),
+    ("2", "mib", 2048), ("2", "MB", 1954), ("1", "b", 1), ("1025", "bytes", 2),
+    ("1", "G", 1048576), ("1", "GB", 976563), ("1", "T", 1073741824), ("0", "EiB", 0),
+])
+def test_sizes_as_libvirt_scales_them(value, unit, kib):
+    from hugexml.xmlread import scaled_kib
+
+    assert scaled_kib(value, unit, "./x") == kib
+
+
+@pytest.mark.parametrize("value,unit,message", [
+    ("2048 ", None, "Invalid value '2048 ' for element or attribute './x'"),
+    ("-1", None, "Invalid value '-1' for element or attribute './x'"),
+    ("0x10", None, "Invalid value '0x10' for element or attribute './x'"),
+    ("1.5", "G", "Invalid value '1.5' for element or attribute './x'"),
+    ("2", " MiB", "unknown suffix ' MiB'"), ("2", "Mi", "unknown suffix 'Mi'"),
+    ("2", "XiB", "unknown suffix 'XiB'"),
+    ("8", "EiB", "value too large: 8EiB"),
+    ("9223372036854775807", "b", "size value too large"),
+    ("9" * 100, None, f"Invalid value '{'9' * 61}...' for element or attribute './x'"),
+])
+def test_bad_sizes_fail_as_libvirt(value, unit, message):
+    from hugexml.units import UnitError
+    from hugexml.xmlread import scaled_kib
+
+    with pytest.raises(UnitError) as info:
+        scaled_kib(value, unit, "./x")
+    assert str(info.value) == message
+
+
+def test_what_libvirt_reads_beyond_page_sizes():
+    d = load_domain(dom(
+        "<maxMemory slots='8' unit='GiB'>16</maxMemory><memoryBacking><hugepages/>"
+        "<nosharepages/><locked/><source type='memfd'/><access mode='shared'/>"
+        "<allocation mode='immediate' threads='4'/><discard/></memoryBacking>"
+        "<memtune><min_guarantee unit='MiB'>1</min_guarantee></memtune>"
+        "<vcpu placement='auto'>4</vcpu>"
+        "<cpu><numa><cell id='0' cpus='0-1' memory='2' unit='GiB' discard='no'>"
+        "<cache level='1' associativity='direct' policy='writeback'><size value='10' "
+        "unit='KiB'/><line value='8' unit='B'/></cache></cell>"
+        "<cell id='1' memory='2' unit='GiB'/>"
+        "<interconnects><latency initiator='0' target='1' type='access' value='5'/>"
+        "</interconnects></numa></cpu>"))
+    assert (d.max_memory_slots, d.nosharepages, d.locked, d.source, d.access) == (
+        8, True, True, "memfd", "shared")
+    assert (d.allocation, d.allocation_threads, d.discard, d.min_guarantee_kib, d.vcpus) == (
+        "immediate", 4, True, 1024, 4)
+    assert d.cells[0].discard is False and d.cells[0].cache_levels == (1,)
+    assert d.cells[1].cpus is None and d.interconnects[0].target == 1
+    # <vcpu placement='auto'> without <numatune>: automatic memory placement
+    assert d.numatune == NumaTune("strict", None, "auto")
+    assert d.total_memory_kib == 4 * 1024 * 1024 and d.hotplug

@@ -92,6 +92,11 @@ def test_the_doc_lists_every_rule_and_proves_each_enforced_one() -> None:
     assert tested == set(RULES), f"rules without a row: {sorted(set(RULES) - tested)}"
     numbers = [int(row[0]) for row in rows]
     assert numbers == list(range(1, len(rows) + 1))
+    kinds = [row[4].split(":")[0].split(";")[0].split()[0] for row in rows]
+    summary = (f"{len(rows)} rows: {kinds.count('yes')} enforced by hugexml (*yes*), "
+               f"{kinds.count('n/a')} that cannot happen with this libvirt and qemu")
+    assert summary in " ".join(DOC.read_text().split()), summary
+    assert f"{len(RULES)} domains in" in DOC.read_text()
 
 
 # --- named regression cases of the differential test (tests/data/differential) --------------
