@@ -142,7 +142,7 @@ def _interconnects(numa: Any) -> tuple[Interconnect, ...]:
     group = numa.find("interconnects")
     for el in () if group is None else group:
         if el.tag == "latency":
-            xmlread.ulonglong(el, "value", required=True)
+            xmlread.uint(el, "value", required=True, limit=xmlread.ULLONG_MAX)
         elif el.tag == "bandwidth":
             xmlread.scaled_kib(el.get("value"), el.get("unit"), "./@value", required=True)
         else:

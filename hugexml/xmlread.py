@@ -110,29 +110,16 @@ def memory_limit_kib(value: Optional[str], unit: Optional[str], xpath: str) -> O
     return None if size is None else -(-size // 1024)
 
 
-def uint(el: Any, attr: str, *, required: bool = False) -> Optional[int]:
-    """virXMLPropUInt (base 10)."""
+def uint(el: Any, attr: str, *, required: bool = False, limit: int = UINT_MAX
+         ) -> Optional[int]:
+    """virXMLPropUInt (base 10); ``limit=ULLONG_MAX``: virXMLPropULongLong."""
     text = el.get(attr)
     if text is None:
         if required:
             raise UnitError(f"Missing required attribute '{attr}' in element '{el.tag}'")
         return None
     value = strtoull(text)
-    if value is None or value > UINT_MAX:
-        raise UnitError(f"Invalid value for attribute '{attr}' in element '{el.tag}': "
-                        f"'{clip(text)}'. Expected non-negative integer value")
-    return value
-
-
-def ulonglong(el: Any, attr: str, *, required: bool = False) -> Optional[int]:
-    """virXMLPropULongLong (base 10)."""
-    text = el.get(attr)
-    if text is None:
-        if required:
-            raise UnitError(f"Missing required attribute '{attr}' in element '{el.tag}'")
-        return None
-    value = strtoull(text)
-    if value is None:
+    if value is None or value > limit:
         raise UnitError(f"Invalid value for attribute '{attr}' in element '{el.tag}': "
                         f"'{clip(text)}'. Expected non-negative integer value")
     return value
