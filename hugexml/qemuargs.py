@@ -8,7 +8,9 @@ size), nvdimm paths, an explicit memAccess or ``<source type='file'/>`` (under t
 backing dir), otherwise ``memory-backend-ram``. Host nodes and policy come from
 ``<numatune>`` (memnode first, then memory, placement='auto' from the host's advice, no
 binding for 'restrictive'). Sizes are aligned like libvirt for a fresh start: cells and the
-initial memory to 1 MiB, memory modules to 2 MiB.
+initial memory to 1 MiB, memory modules to 2 MiB. With ``QemuEnv.thread_context`` (qemu >=
+7.2, as libvirt 9 does) each preallocated backend bound to host nodes names a
+``thread-context`` object with those nodes in ``prealloc-context``.
 """
 
 from __future__ import annotations
@@ -319,11 +321,6 @@ class _Builder:
         numa: list[NumaNode] = []
         devices: list[DeviceArg] = []
         machine_backend = None
-        if dom.memory_devices and not dom.cells:
-            raise InvalidDomain(
-                domain=dom.name,
-                reason="at least one NUMA node has to be configured when enabling memory hotplug",
-            )
         if dom.cells:
             initial = 0
             for cell in sorted(dom.cells, key=lambda c: c.cell_id):
@@ -351,13 +348,6 @@ class _Builder:
             dev_id = f"{prefix}{dev_x.alias_index}"
             size = align_up(dev.size_kib, MODULE_ALIGN_KIB) if env.align else dev.size_kib
             target = dev.target_node if dev.target_node is not None else -1
-            if target >= len(dom.cells):
-                raise InvalidDomain(
-                    domain=dom.name,
-                    reason=f"can't add memory backend for guest node '{target}' "
-                    "as the guest has only "
-                    f"'{len(dom.cells)}' NUMA nodes configured",
-                )
             back = self.backend(dev_id, f"mem{dev_id}", size, target, dev=dev)
             backends.append(back)
             props: list[tuple[str, Any]] = []
@@ -390,6 +380,7 @@ class _Builder:
 
 
 def build(dom: Domain, extras: DomainExtras, env: QemuEnv) -> QemuMemory:
+    """The memory arguments of a domain ``validate.check`` accepted (``from_xml`` checks)."""
     return _Builder(dom, extras, env).build()
 
 

@@ -8,6 +8,8 @@ memory objects (every property of every memory-backend and thread-context object
 must be equal; ``rewrite --page-size`` 2M, 1G and auto of the domain without its hugepages
 must give XML libvirt accepts, unless hugexml refused it (exit 2). The only disagreements
 allowed are listed in ``EXPECTED``, each with its reason (docs/libvirt-validation.md).
+Also here: libvirt 9.0 against every row of that doc's rule table (tests/rules.py), the
+corpus .err cases, and the named regression cases (tests/data/differential).
 """
 from __future__ import annotations
 
@@ -30,7 +32,6 @@ FIXED_SEED = 12
 COUNT = int(os.environ.get("HUGEXML_DIFF_COUNT", "500"))
 RUN_SEED = int(os.environ.get("HUGEXML_DIFF_SEED") or time.time_ns() % 2**31)
 FAILED_DIR = Path(os.environ.get("HUGEXML_DIFF_FAILED", "/tmp/hugexml-differential-failed"))
-REGRESSIONS = Path(__file__).resolve().parents[1] / "data" / "differential"
 
 # words of a disagreement -> why it is hugexml's intent, not a bug (docs/libvirt-validation.md)
 EXPECTED: dict[str, str] = {
