@@ -184,14 +184,21 @@ class Applier:
 
     # --- apply -------------------------------------------------------------------------
     def apply(
-        self, name: str, page_size: PageSize, memfd: bool = False, refuse_unfit: bool = False
+        self,
+        name: str,
+        page_size: PageSize,
+        memfd: bool = False,
+        refuse_unfit: bool = False,
+        drop_ondemand: bool = False,
     ) -> Outcome:
         try:
-            return self._apply(name, page_size, memfd, refuse_unfit)
+            return self._apply(name, page_size, memfd, refuse_unfit, drop_ondemand)
         except HugexmlError as exc:
             return Outcome(name, "failed", str(exc))
 
-    def _apply(self, name: str, page_size: PageSize, memfd: bool, refuse_unfit: bool) -> Outcome:
+    def _apply(
+        self, name: str, page_size: PageSize, memfd: bool, refuse_unfit: bool, drop_ondemand: bool
+    ) -> Outcome:
         from hugexml.domxml import load_domain
         from hugexml.plan import make_plan
         from hugexml.rewrite import rewrite_xml
@@ -204,6 +211,7 @@ class Applier:
             host=self.host,
             cells=None,
             memfd=memfd,
+            drop_ondemand=drop_ondemand,
             source=f"domain '{name}'",
         )
         running = bool(self._call(name, "isActive", dom.isActive))

@@ -28,6 +28,20 @@ class Cell:
     cell_id: int
     memory_kib: int
     mem_access: Optional[str] = None  # 'shared' | 'private' | None
+    cpus: Optional[frozenset[int]] = None  # None: no cpus (or an empty list)
+    discard: Optional[bool] = None
+    cache_levels: tuple[int, ...] = ()  # HMAT <cache level>, in document order
+
+
+@dataclass(frozen=True)
+class Interconnect:
+    """An HMAT ``<interconnects>`` ``<latency>`` or ``<bandwidth>``."""
+
+    kind: str  # 'latency' | 'bandwidth'
+    initiator: int
+    target: int
+    cache: int
+    access_type: str
 
 
 @dataclass(frozen=True)
@@ -39,7 +53,11 @@ class MemNode:
 
 @dataclass(frozen=True)
 class NumaTune:
-    mode: Optional[str] = None  # of <memory>; None when absent
+    """libvirt's numatune after parsing: ``mode`` None means no ``<memory>`` binding (libvirt's
+    ``memory.specified`` is false); ``placement='auto'`` also comes from ``<vcpu
+    placement='auto'>``, and then ``nodeset`` is None."""
+
+    mode: Optional[str] = None
     nodeset: Optional[frozenset[int]] = None
     placement: Optional[str] = None  # 'static' | 'auto' | None
     memnodes: tuple[MemNode, ...] = ()
@@ -51,16 +69,28 @@ class MemoryDevice:
     index: int  # document order among memory devices
     size_kib: int
     target_node: Optional[int]
-    source_page_kib: Optional[int] = None
+    source_page_kib: Optional[int] = None  # None: no <pagesize> (or 0)
     source_nodemask: Optional[frozenset[int]] = None
     access: Optional[str] = None
+    discard: Optional[bool] = None
+    path: Optional[str] = None  # nvdimm / virtio-pmem <source><path>
+    pmem: bool = False
+    align_kib: int = 0
+    block_kib: int = 0  # virtio-mem
+    requested_kib: int = 0  # virtio-mem
+    label_kib: int = 0  # nvdimm
+    readonly: bool = False
+    uuid: Optional[str] = None
+    address_type: Optional[str] = None  # <address type>
+    slot: Optional[int] = None  # dimm address
+    base: Optional[int] = None  # dimm address
 
 
 @dataclass(frozen=True)
 class Domain:
     name: str
     uuid: Optional[str]
-    memory_kib: int
+    memory_kib: int  # <memory> as written (0 when absent)
     hugepages: bool  # <hugepages> present
     pages: tuple[PageSpec, ...] = ()
     source: Optional[str] = None  # <memoryBacking><source type>; None when absent
@@ -68,7 +98,34 @@ class Domain:
     cells: tuple[Cell, ...] = ()
     numatune: Optional[NumaTune] = None
     memory_devices: tuple[MemoryDevice, ...] = ()
-    max_memory_kib: Optional[int] = None
+    max_memory_kib: Optional[int] = None  # None: no <maxMemory>
+    max_memory_slots: int = 0
+    allocation: Optional[str] = None  # 'immediate' | 'ondemand'
+    allocation_threads: int = 0
+    discard: bool = False
+    nosharepages: bool = False
+    locked: bool = False
+    vcpus: Optional[int] = None  # <vcpu> maximum; None when it cannot be read
+    min_guarantee_kib: int = 0
+    interconnects: tuple[Interconnect, ...] = ()
+
+    @property
+    def hotplug(self) -> bool:
+        """libvirt's virDomainDefHasMemoryHotplug."""
+        return bool(self.max_memory_slots or self.max_memory_kib)
+
+    @property
+    def total_memory_kib(self) -> int:
+        """What libvirt makes of <memory> (ABI update: the cells plus the devices)."""
+        cells = sum(c.memory_kib for c in self.cells)
+        if cells:
+            return cells + sum(d.size_kib for d in self.memory_devices)
+        return self.memory_kib
+
+    @property
+    def initial_memory_kib(self) -> int:
+        """virDomainDefGetMemoryInitial: the total without the memory devices."""
+        return self.total_memory_kib - sum(d.size_kib for d in self.memory_devices)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ size), nvdimm paths, an explicit memAccess or ``<source type='file'/>`` (under t
 backing dir), otherwise ``memory-backend-ram``. Host nodes and policy come from
 ``<numatune>`` (memnode first, then memory, placement='auto' from the host's advice, no
 binding for 'restrictive'). Sizes are aligned like libvirt for a fresh start: cells and the
-initial memory to 1 MiB, memory modules to 2 MiB.
+initial memory to 1 MiB, memory modules to 2 MiB. With ``QemuEnv.thread_context`` (qemu >=
+7.2, as libvirt 9 does) each preallocated backend bound to host nodes names a
+``thread-context`` object with those nodes in ``prealloc-context``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Optional
 
 from hugexml.errors import InvalidDomain, MountMissing
 from hugexml.model import Domain, MemNode, MemoryDevice
-from hugexml.qemuxml import DomainExtras, MemoryExtras
+from hugexml.qemuxml import DomainExtras
 
 CELL_ALIGN_KIB = 1024
 MODULE_ALIGN_KIB = 2048
@@ -50,6 +52,9 @@ class QemuEnv:
     hugetlbfs_subdir: str = ""
     backing_subdir: str = "{name}"
     align: bool = True  # False: keep sizes as written (libvirt on incoming migration)
+    # qemu >= 7.2: a thread-context object per preallocated backend bound to host nodes
+    # (libvirt 9.0 adds one when its qemu has it), so preallocation runs on those nodes
+    thread_context: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class Backend:
     host_nodes: Optional[tuple[int, ...]] = None
     policy: Optional[str] = None  # bind | preferred | interleave
     system_memory: bool = False
+    thread_context: bool = False  # preallocate with thread-context 'tc-<id>'
 
     def props(self) -> dict[str, Any]:
         """The JSON -object form, keys in libvirt's order."""
@@ -88,15 +94,24 @@ class Backend:
             p["reserve"] = self.reserve
         if self.prealloc:
             p["prealloc"] = True
-            if self.prealloc_threads:
-                p["prealloc-threads"] = self.prealloc_threads
+        if self.prealloc_threads:  # libvirt sets the threads whether it preallocates or not
+            p["prealloc-threads"] = self.prealloc_threads
         p["size"] = self.size_bytes
         if self.pmem:
             p["pmem"] = True
         if self.host_nodes is not None and self.policy is not None:
             p["host-nodes"] = list(self.host_nodes)
             p["policy"] = self.policy
+        if self.thread_context:
+            p["prealloc-context"] = f"tc-{self.id}"
         return p
+
+    def thread_context_props(self) -> Optional[dict[str, Any]]:
+        """The thread-context object that must come before this backend, if any."""
+        if not self.thread_context:
+            return None
+        return {"qom-type": "thread-context", "id": f"tc-{self.id}",
+                "node-affinity": list(self.host_nodes or ())}
 
 
 @dataclass(frozen=True)
@@ -172,7 +187,7 @@ class _Builder:
             if self.env.auto_nodes is None:
                 raise InvalidDomain(
                     domain=self.dom.name,
-                    reason="automatic NUMA placement needs advice (numad) on this host",
+                    reason="Advice from numad is needed in case of automatic numa placement",
                 )
             return tuple(self.env.auto_nodes)
         return tuple(sorted(nt.nodeset)) if nt.nodeset is not None else None
@@ -228,32 +243,31 @@ class _Builder:
         size_kib: int,
         cell: int,
         dev: Optional[MemoryDevice] = None,
-        dev_x: Optional[MemoryExtras] = None,
         cell_access: Optional[str] = None,
         cell_discard: Optional[bool] = None,
     ) -> Backend:
         dom, env = self.dom, self.env
         access = dev.access if dev is not None else cell_access
+        if dev is not None and dev.model == "virtio-pmem" and access is None:
+            access = "shared"  # virDomainMemoryDefPostParse
         if access is None and cell >= 0 and dev is not None and cell in self.cell_by_id:
             access = self.cell_by_id[cell].mem_access
         if access is None:
             access = dom.access
-        discard = dev_x.discard if dev_x is not None else cell_discard
-        if discard is None and dev is not None and cell >= 0:
-            discard = self.extras.cell_discard.get(cell)
+        discard = dev.discard if dev is not None else cell_discard
+        if discard is None and dev is not None and cell in self.cell_by_id:
+            discard = self.cell_by_id[cell].discard
         if discard is None:
-            discard = self.extras.discard
+            discard = True if dom.discard else None
         page_kib = self.page_for(cell, dev.source_page_kib if dev is not None else None)
         share = {"shared": True, "private": False}.get(access or "")
-        prealloc = self.extras.allocation_immediate
-        nv_path = dev_x.path if dev_x is not None else None
+        prealloc = dom.allocation == "immediate"
+        nv_path = dev.path if dev is not None else None
         kw: dict[str, Any] = {}
         if nv_path:  # nvdimm / virtio-pmem: their own file, whatever the guest RAM uses
             qom = "memory-backend-file"
             kw["mem_path"] = nv_path
-            pmem_dev = (dev_x is not None and dev_x.pmem) or (
-                dev is not None and dev.model == "virtio-pmem"
-            )
+            pmem_dev = dev is not None and (dev.pmem or dev.model == "virtio-pmem")
             prealloc = prealloc or not pmem_dev
         elif dom.source == "memfd":
             qom = "memory-backend-memfd"
@@ -276,7 +290,7 @@ class _Builder:
         if dev is not None and dev.model == "virtio-mem":
             kw["reserve"] = False
             prealloc = False  # virtio-mem preallocates through the device
-        if dev_x is not None and dev_x.pmem:
+        if dev is not None and dev.pmem:
             kw["pmem"] = True
         nodes = (
             tuple(sorted(dev.source_nodemask))
@@ -286,13 +300,16 @@ class _Builder:
         mode = self.mode(cell)
         if nodes is not None and mode in POLICY:
             kw.update(host_nodes=nodes, policy=POLICY[mode])
+            # qemuBuildThreadContextProps: preallocating threads run on the bound nodes
+            kw["thread_context"] = env.thread_context and prealloc
         return Backend(
             id=backend_id,
             qom_type=qom,
             size_bytes=size_kib * 1024,
             share=share,
             prealloc=prealloc,
-            prealloc_threads=self.extras.allocation_threads if prealloc else None,
+            prealloc_threads=(dom.allocation_threads or None)
+            if dev is None or dev.model != "virtio-mem" else None,
             system_memory=cell < 0 and dev is None,
             **kw,
         )
@@ -304,11 +321,6 @@ class _Builder:
         numa: list[NumaNode] = []
         devices: list[DeviceArg] = []
         machine_backend = None
-        if dom.memory_devices and not dom.cells:
-            raise InvalidDomain(
-                domain=dom.name,
-                reason="at least one NUMA node has to be configured when enabling memory hotplug",
-            )
         if dom.cells:
             initial = 0
             for cell in sorted(dom.cells, key=lambda c: c.cell_id):
@@ -322,7 +334,7 @@ class _Builder:
                         size,
                         cell.cell_id,
                         cell_access=cell.mem_access,
-                        cell_discard=x.cell_discard.get(cell.cell_id),
+                        cell_discard=cell.discard,
                     )
                 )
                 numa.append(NumaNode(cell.cell_id, x.cell_cpus.get(cell.cell_id, ()), alias))
@@ -336,21 +348,15 @@ class _Builder:
             dev_id = f"{prefix}{dev_x.alias_index}"
             size = align_up(dev.size_kib, MODULE_ALIGN_KIB) if env.align else dev.size_kib
             target = dev.target_node if dev.target_node is not None else -1
-            if target >= len(dom.cells):
-                raise InvalidDomain(
-                    domain=dom.name,
-                    reason=f"can't add memory backend for guest node '{target}' "
-                    "as the guest has only "
-                    f"'{len(dom.cells)}' NUMA nodes configured",
-                )
-            back = self.backend(dev_id, f"mem{dev_id}", size, target, dev=dev, dev_x=dev_x)
+            back = self.backend(dev_id, f"mem{dev_id}", size, target, dev=dev)
             backends.append(back)
             props: list[tuple[str, Any]] = []
             if dev.model == "virtio-mem":
-                if dev_x.block_kib:
-                    props.append(("block-size", dev_x.block_kib * 1024))
-                props.append(("requested-size", (dev_x.requested_kib or 0) * 1024))
-                if x.allocation_immediate or self.page_for(target, dev.source_page_kib) is not None:
+                if dev.block_kib:
+                    props.append(("block-size", dev.block_kib * 1024))
+                props.append(("requested-size", dev.requested_kib * 1024))
+                if dom.allocation == "immediate" \
+                        or self.page_for(target, dev.source_page_kib) is not None:
                     props.append(("prealloc", True))
             elif dev_x.slot is not None:
                 props.append(("slot", dev_x.slot))
@@ -360,7 +366,7 @@ class _Builder:
             initial = dom.memory_kib - sum(d.size_kib for d in dom.memory_devices)
         return QemuMemory(
             memory_kib=initial,
-            slots=x.slots,
+            slots=dom.max_memory_slots or None,
             max_memory_kib=(
                 align_up(dom.max_memory_kib, CELL_ALIGN_KIB) if env.align else dom.max_memory_kib
             )
@@ -374,6 +380,7 @@ class _Builder:
 
 
 def build(dom: Domain, extras: DomainExtras, env: QemuEnv) -> QemuMemory:
+    """The memory arguments of a domain ``validate.check`` accepted (``from_xml`` checks)."""
     return _Builder(dom, extras, env).build()
 
 
@@ -382,10 +389,10 @@ def from_xml(data: bytes, env: QemuEnv, host: Any = None, source: str = "<stdin>
     """Parse, validate (the plan rejects what libvirt rejects) and build. Still pure."""
     from hugexml.domxml import parse_domain_tree
     from hugexml.plan import make_plan
-    from hugexml.qemuxml import parse_extras
+    from hugexml.qemuxml import derive
     from hugexml.xmlsafe import parse_bytes
 
     tree = parse_bytes(data, source)
     dom = parse_domain_tree(tree, source)
     make_plan(dom, host)
-    return build(dom, parse_extras(tree), env)
+    return build(dom, derive(dom), env)

@@ -13,7 +13,7 @@ import json
 import shlex
 from typing import Any
 
-from hugexml.qemuargs import QemuMemory
+from hugexml.qemuargs import Backend, QemuMemory
 
 
 # --- rendering ------------------------------------------------------------------------
@@ -52,18 +52,13 @@ def argv(mem: QemuMemory, *, objects: bool = False) -> list[str]:
             if b.prealloc:
                 out.append("-mem-prealloc")
         else:
-            out += [
-                "-machine",
-                f"memory-backend={b.id}",
-                "-object",
-                json.dumps(b.props(), separators=(",", ":")),
-            ]
+            out += ["-machine", f"memory-backend={b.id}", *_objects(b)]
     for node in mem.numa:
-        out += ["-object", json.dumps(by_id[node.memdev].props(), separators=(",", ":"))]
+        out += _objects(by_id[node.memdev])
         cpus = "".join(f",cpus={c}" for c in node.cpus)
         out += ["-numa", f"node,nodeid={node.node_id}{cpus},memdev={node.memdev}"]
     for dev in mem.devices:
-        out += ["-object", json.dumps(by_id[dev.memdev].props(), separators=(",", ":"))]
+        out += _objects(by_id[dev.memdev])
         opts: dict[str, Any] = {"driver": dev.driver}
         if dev.node is not None:
             opts["node"] = dev.node
@@ -72,6 +67,15 @@ def argv(mem: QemuMemory, *, objects: bool = False) -> list[str]:
         opts.update(dict(dev.props))
         out += ["-device", json.dumps(opts, separators=(",", ":"))]
     return out
+
+
+def _objects(backend: Backend) -> list[str]:
+    """-object options of a backend: its thread-context first, as libvirt orders them."""
+    out = []
+    context = backend.thread_context_props()
+    if context is not None:
+        out += ["-object", json.dumps(context, separators=(",", ":"))]
+    return [*out, "-object", json.dumps(backend.props(), separators=(",", ":"))]
 
 
 def format_shell(args: list[str]) -> str:
@@ -95,6 +99,7 @@ def to_json(mem: QemuMemory, args: list[str]) -> dict[str, Any]:
         "slots": mem.slots,
         "max_memory_kib": mem.max_memory_kib,
         "backends": [b.props() for b in mem.backends],
+        "thread_contexts": [t for t in (b.thread_context_props() for b in mem.backends) if t],
         "numa": [{"nodeid": n.node_id, "cpus": list(n.cpus), "memdev": n.memdev} for n in mem.numa],
         "devices": [
             {"driver": d.driver, "id": d.id, "memdev": d.memdev, "node": d.node}

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Optional
 
+from hugexml import conflicts
 from hugexml.errors import InvalidDomain
 from hugexml.model import MEMORY_DEVICE_MODELS, HostInfo
 from hugexml.rewrite import (
@@ -90,6 +91,8 @@ def refit_for_host(data: bytes, host: HostInfo, mounted_sizes_kib: Optional[Iter
     result = doc.result(notes)
     if desired is not None:  # the hook has no second chance: read the result back
         verify(result.data, source, desired, doc.domain.source, host.system_page_kib)
+    if result.changed:  # never print XML libvirt refuses: the hook then prints the input
+        conflicts.accepted(result.data, host, source)
     return result
 
 

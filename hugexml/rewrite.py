@@ -20,6 +20,7 @@ from typing import Any, Optional, Union
 
 from lxml import etree
 
+from hugexml import conflicts
 from hugexml.errors import InvalidInput, InvalidXML, UnsupportedPageSize
 from hugexml.model import SYSTEM_PAGE_KIB, Domain, HostInfo
 from hugexml.units import format_kib, format_nodeset
@@ -261,8 +262,9 @@ def insert_ordered(doc: Doc, parent: Any, element: NewElement, order: tuple[str,
 # --- hugexml rewrite ---------------------------------------------------------------------
 def rewrite_xml(data: bytes, *, page_size_kib: PageSizeOption, host: Optional[HostInfo],
                 cells: Optional[frozenset[int]] = None, memfd: bool = False,
-                source: str = "<stdin>") -> RewriteResult:
-    """Set the page size of ``cells`` (all when None), explicitly or ``"auto"``."""
+                drop_ondemand: bool = False, source: str = "<stdin>") -> RewriteResult:
+    """Set the page size of ``cells`` (all when None), explicitly or ``"auto"``; refuse
+    (InvalidDomain) rather than return XML libvirt refuses (``conflicts``)."""
     doc = Doc(data, source)
     domain = doc.domain
     system_kib = host.system_page_kib if host is not None else SYSTEM_PAGE_KIB
@@ -296,11 +298,13 @@ def rewrite_xml(data: bytes, *, page_size_kib: PageSizeOption, host: Optional[Ho
                                    "written explicitly; rewrite all cells")
             desired[target] = host.default_page_kib
     source_type = "memfd" if memfd and domain.source != "memfd" else None
+    hugepages_after = bool(page_elements(desired)) if desired != current else domain.hugepages
+    conflicts.resolve(doc, domain, hugepages_after, memfd, drop_ondemand, notes)
     if desired != current or source_type:
         write_backing(doc, desired if desired != current else None, source_type)
-    # (tests/test_rewrite.py checks every rewrite with make_plan; refit also verifies at run
-    # time, since the hook has no second chance)
-    return doc.result(notes)
+    result = doc.result(notes)
+    conflicts.accepted(result.data, host, source)
+    return result
 
 
 def select_targets(domain: Domain, targets: dict[Optional[int], int],

@@ -310,6 +310,16 @@ class Splice:
         q = self.layout.quote.encode("ascii")
         self.insert(last, b" " + key + b"=" + q + escape(value, self.layout.quote) + q)
 
+    def remove_attribute(self, span: Span, name: str) -> None:
+        """Remove ``name`` and the white space before it (nothing when absent)."""
+        key = name.encode("utf-8")
+        last = span.start + 1 + len(span.name)
+        for m in _ATTR.finditer(self.data, last, span.head_end):
+            if m.group(1) == key:
+                self.replace(last, m.end(), b"")
+                return
+            last = m.end()
+
     def set_text(self, span: Span, text: str) -> None:
         if span.empty:
             self.replace(span.start, span.end, _open_head(self.data, span) + escape(text, '"')

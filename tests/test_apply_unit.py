@@ -299,3 +299,25 @@ def test_cli_bad_input_exit_2(monkeypatch, capsys, conn, fake_host_root):
     assert run_cli(monkeypatch, conn, fake_host_root, "--undo", "--all") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("hugexml apply: ") for line in err)
+
+
+@pytest.mark.parametrize("backing,option,fixed", [
+    ("<memoryBacking><source type='anonymous'/></memoryBacking>", "memfd",
+     "<source type='memfd'/>"),
+    ("<memoryBacking><allocation mode='ondemand'/></memoryBacking>", "drop_ondemand",
+     "<memoryBacking><hugepages><page size='2048' unit='KiB'/></hugepages></memoryBacking>"),
+])
+def test_a_conflict_with_hugepages_is_refused_unless_resolved(conn, tmp_path, backing, option,
+                                                              fixed):
+    """libvirt refuses hugepages with these: apply defines nothing (one line naming the
+    option), or resolves them when asked."""
+    xml = PLAIN.format(name="vm1", uuid="00000000-0000-4000-8000-000000000000",
+                       kib=1048576).replace("  <vcpu", f"  {backing}\n  <vcpu")
+    dom = conn.add("vm1", xml=xml)
+    out = applier(conn, tmp_path).apply("vm1", 2048)
+    assert out.status == "failed" and "does not allow hugepages" in out.message
+    assert f"--{option.replace('_', '-')}" in out.message and "\n" not in out.message
+    assert dom.xml == xml and not [c for c in conn.calls if c[0] == "defineXML"]
+    out = applier(conn, tmp_path).apply("vm1", 2048, **{option: True})
+    assert out.status == "changed", out.message
+    assert fixed in dom.xml and "<page size='2048' unit='KiB'/>" in dom.xml

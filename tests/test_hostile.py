@@ -43,34 +43,37 @@ HOSTILE = [
                      b"<name>x</name>" + HUGE.encode() + b"</domain>",
      "DOCTYPE is not allowed"),
     ("xinclude-network", dom("<xi:include xmlns:xi='http://www.w3.org/2001/XInclude' "
-                             "href='http://127.0.0.1:9/x'/>", memory=""), "missing <memory>"),
+                             "href='http://127.0.0.1:9/x'/>", memory=""),
+     "Memory size must be specified via <memory> or in the <numa> configuration"),
     ("parameter-entity", b"<!DOCTYPE d [<!ENTITY % p SYSTEM 'file:///etc/passwd'> %p;]>"
                          b"<domain>" + HUGE.encode() + b"</domain>", "not a readable domain XML"),
     ("over-16-MiB", dom("<description>" + "x" * (16 * 1024 * 1024) + "</description>"),
      "larger than 16 MiB"),
     ("deep-nesting", dom("<metadata>" + "<a>" * NESTING + "</a>" * NESTING + "</metadata>"),
      "not a readable domain XML"),
-    ("giant-memory", dom(memory="<memory unit='EiB'>16</memory>"), "does not fit in 64 bits"),
+    ("giant-memory", dom(memory="<memory unit='EiB'>16</memory>"), "value too large: 16EiB"),
     ("giant-digits", dom(memory="<memory>" + "9" * 5000 + "</memory>"),
-     "not a non-negative integer"),
-    ("negative-memory", dom(memory="<memory>-1</memory>"), "not a non-negative integer"),
-    ("overflow-after-align", dom(memory="<memory>18014398509481983</memory>"),
+     "Invalid value '999999999"),
+    ("negative-memory", dom(memory="<memory>-1</memory>"),
+     "Invalid value '-1' for element or attribute './memory[1]'"),
+    ("overflow-after-align", dom(memory="<memory>9007199254740991</memory>"),
      "initial memory size overflowed after alignment"),
     ("giant-page", dom(backing="<memoryBacking><hugepages><page size='16' unit='EiB'/>"
-                               "</hugepages></memoryBacking>"), "page size"),
+                               "</hugepages></memoryBacking>"), "value too large: 16EiB"),
     ("negative-page", dom(backing="<memoryBacking><hugepages><page size='-2048'/></hugepages>"
-                                  "</memoryBacking>"), "page size '-2048'"),
+                                  "</memoryBacking>"),
+     "Invalid value '-2048' for element or attribute './@size'"),
     ("zero-page", dom(backing="<memoryBacking><hugepages><page size='0'/></hugepages>"
                               "</memoryBacking>"), "hugepage size can't be zero"),
     ("cell-id-beyond", dom("<cpu><numa><cell id='4294967296' memory='1'/></numa></cpu>"),
-     "Exactly one 'cell' element"),
+     "Invalid value for attribute 'id' in element 'cell': '4294967296'."),
     ("host-node-beyond", dom("<numatune><memory nodeset='1048576'/></numatune>"),
-     "node 1048576 is out of range"),
+     "Failed to parse bitmap '1048576'"),
     ("memnode-cell-beyond", dom("<cpu><numa><cell id='0' memory='131072'/></numa></cpu>"
                                 "<numatune><memnode cellid='99999' nodeset='0'/></numatune>"),
-     "exceeds the limit of 1024 nodes"),
+     "Argument 'cellid' in memnode element must correspond to existing guest's NUMA cell"),
     ("huge-nodeset", dom("<numatune><memory nodeset='" + ",".join(["0-1023"] * 3000)
-                         + "'/></numatune>"), "numatune nodeset is too long"),
+                         + "'/></numatune>"), "more nodes than hugexml reads"),
     ("many-cells", dom("<cpu><numa>" + "<cell memory='1'/>" * 5000 + "</numa></cpu>"),
      "too many NUMA cells"),
     ("many-devices", dom("<devices>" + "<memory model='dimm'><target><size>1</size>"

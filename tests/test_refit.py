@@ -36,6 +36,7 @@ GUEST_1G = b"""<domain type='kvm'>
 
 NUMA = b"""<domain type='kvm'>
   <name>numa</name>
+  <maxMemory slots='4' unit='GiB'>16</maxMemory>
   <memory unit='GiB'>4</memory>
   <memoryBacking>
     <hugepages>
@@ -48,6 +49,7 @@ NUMA = b"""<domain type='kvm'>
     <memnode cellid='0' mode='strict' nodeset='3'/>
     <memnode cellid='1' mode='preferred' nodeset='1,3'/>
   </numatune>
+  <vcpu>2</vcpu>
   <cpu>
     <numa>
       <cell id='0' cpus='0' memory='2' unit='GiB'/>
@@ -204,7 +206,8 @@ def guest_and_host(draw: st.DrawFn) -> tuple[bytes, HostInfo, Optional[frozenset
     nl = draw(st.sampled_from(["\n", "\r\n"]))
     ncells = draw(st.integers(0, 3))
     cells = [draw(st.sampled_from([1024, 1025, 2048, 3072])) for _ in range(ncells)]
-    lines = ["<domain type='kvm'>", "  <name>gen</name>",
+    lines = ["<domain type='kvm'>", "  <name>gen</name>", "  <vcpu>4</vcpu>",
+             "  <maxMemory slots='4' unit='GiB'>64</maxMemory>" if ncells else "",
              f"  <memory unit='MiB'>{sum(cells) or draw(st.sampled_from([1024, 1025, 4096]))}"
              "</memory>"]
     page = draw(st.sampled_from(["bare", "2M", "1G", "split", "none"]))
@@ -272,3 +275,19 @@ def test_refit_always_fits_the_host(case: tuple[bytes, HostInfo, Optional[frozen
     assert result.changed == (result.data != data) and (result.notes != []) == result.changed
     newline = b"\r\n" if b"\r\n" in data else b"\n"
     assert result.data.count(b"\n") == result.data.count(newline)
+
+
+def test_a_refit_libvirt_would_refuse_is_not_made() -> None:
+    """Dropping the <memory> binding (its node is gone) would leave a memnode under the
+    automatic placement <vcpu placement='auto'> implies: libvirt refuses that, so refit
+    raises and the hook prints the input as it was (fail open)."""
+    from hugexml.errors import InvalidDomain
+
+    data = NUMA.replace(b'<memory mode="strict" nodeset="0-3"/>',
+                        b'<memory mode="strict" nodeset="3"/>').replace(
+        b"<vcpu>2</vcpu>", b"<vcpu placement='auto'>2</vcpu>")
+    make_plan(load_domain(data, "numa"), HostInfo(default_page_kib=M2, page_sizes_kib=(M2, G1),
+                                                  nodes=(0, 1, 2, 3)))  # valid where it was
+    with pytest.raises(InvalidDomain, match="Per-node binding is not compatible with "
+                                            "automatic NUMA placement"):
+        refit_for_host(data, BOTH, None, "numa")

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hugexml.domxml import load_domain
-from hugexml.errors import InvalidInput, InvalidXML, UnsupportedPageSize
+from hugexml.errors import InvalidDomain, InvalidInput, InvalidXML, UnsupportedPageSize
 from hugexml.model import HostInfo
 from hugexml.plan import make_plan
 from hugexml.rewrite import rewrite_xml
@@ -57,6 +57,21 @@ TABLE: dict[str, tuple[dict[str, Any], dict[Optional[int], Optional[int]], Optio
     # 4K = the system page size = normal RAM: <hugepages> goes, <nosharepages/> stays
     "normal-pages": ({"page_size_kib": 4}, {None: None}, None),
     "backing-removed": ({"page_size_kib": 4}, {None: None}, None),
+    # conflicts with hugepages, resolved because asked (libvirt refuses them with hugepages)
+    "anonymous-memfd": ({"page_size_kib": M2, "memfd": True}, {None: M2}, "memfd"),
+    "ondemand-dropped": ({"page_size_kib": G1, "drop_ondemand": True}, {None: G1}, None),
+    "ondemand-threads": ({"page_size_kib": "auto", "drop_ondemand": True}, {0: G1, 1: G1},
+                         None),
+    # a domain libvirt refuses (anonymous + hugepages) made one it takes: normal pages
+    "anonymous-normal-pages": ({"page_size_kib": 4}, {None: None}, "anonymous"),
+}
+# NAME -> rewrite options; NAME-err.txt is the one line hugexml refuses NAME-in.xml with
+REFUSED: dict[str, dict[str, Any]] = {
+    "anonymous-refused": {"page_size_kib": M2},
+    "ondemand-refused": {"page_size_kib": "auto"},
+    "both-refused": {"page_size_kib": G1},
+    # the input itself is one libvirt refuses: no rewrite makes it acceptable
+    "already-broken": {"page_size_kib": G1},
 }
 
 
@@ -71,8 +86,33 @@ def plan_sizes(data: bytes, host: HostInfo = HOST) -> dict[Optional[int], Option
 
 def test_every_golden_file_is_in_the_table() -> None:
     names = {p.name[: -len("-in.xml")] for p in GOLDEN.glob("*-in.xml")}
-    assert names == set(TABLE)
-    assert all((GOLDEN / f"{n}-out.xml").is_file() for n in names)
+    assert names == set(TABLE) | set(REFUSED) and not set(TABLE) & set(REFUSED)
+    assert all((GOLDEN / f"{n}-out.xml").is_file() for n in TABLE)
+    assert all((GOLDEN / f"{n}-err.txt").is_file() for n in REFUSED)
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_golden_refusals(name: str) -> None:
+    """Refused in one line (exit 2) naming the element and the option that resolves it,
+    rather than writing XML libvirt refuses."""
+    data = (GOLDEN / f"{name}-in.xml").read_bytes()
+    expected = (GOLDEN / f"{name}-err.txt").read_text().strip()
+    with pytest.raises(InvalidDomain) as info:
+        rewrite_xml(data, host=HOST, source=name, **REFUSED[name])
+    assert str(info.value) == expected and info.value.exit_code == 2
+
+
+def test_golden_refusal_through_the_cli(tmp_path: Path) -> None:
+    path = tmp_path / "in.xml"
+    path.write_bytes((GOLDEN / "anonymous-refused-in.xml").read_bytes())
+    proc = subprocess.run([sys.executable, "-m", "hugexml", "rewrite", str(path),
+                           "--page-size", "2M"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "hugexml rewrite: " + (GOLDEN / "anonymous-refused-err.txt").read_text().strip()]
+    fixed = subprocess.run([sys.executable, "-m", "hugexml", "rewrite", str(path),
+                            "--page-size", "2M", "--memfd"], capture_output=True, text=True)
+    assert fixed.returncode == 0 and "<source type='memfd'/>" in fixed.stdout
 
 
 @pytest.mark.parametrize("name", sorted(TABLE))

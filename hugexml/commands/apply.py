@@ -28,7 +28,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="page size (2M, 1G, 2048KiB) or 'auto' per cell (default: auto)",
     )
     p.add_argument(
-        "--memfd", action="store_true", help="also back memory with memfd (no mount needed)"
+        "--memfd",
+        action="store_true",
+        help="also back memory with memfd (no mount needed); replaces <source type='anonymous'/>",
+    )
+    p.add_argument(
+        "--drop-ondemand",
+        action="store_true",
+        help="remove <allocation mode='ondemand'/>, which libvirt refuses with hugepages",
     )
     p.add_argument("--undo", action="store_true", help="restore each DOMAIN from its newest backup")
     p.add_argument(
@@ -85,7 +92,11 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
                 outcome = applier.undo(name)
             else:
                 outcome = applier.apply(
-                    name, page_size, memfd=args.memfd, refuse_unfit=args.all and page_size == "auto"
+                    name,
+                    page_size,
+                    memfd=args.memfd,
+                    refuse_unfit=args.all and page_size == "auto",
+                    drop_ondemand=args.drop_ondemand,
                 )
             outcomes.append(outcome)
             if not args.json:

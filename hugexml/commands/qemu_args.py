@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, Optional
 
 HELP = "print the qemu memory arguments (-m, -mem-path or -object/-numa) for a domain XML"
 EPILOG = """examples:
   hugexml qemu-args vm1.xml
   hugexml qemu-args vm1.xml --objects --mount 1G=/mnt/huge1G --json
+  hugexml qemu-args vm1.xml --objects --thread-context no   # for a qemu older than 7.2
 """
+QEMU_THREAD_CONTEXT = (7, 2)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,6 +51,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="directory under --memory-backing-dir (default: %(default)s)",
     )
     p.add_argument(
+        "--thread-context",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="a thread-context object per preallocated backend bound to host nodes, as "
+        "libvirt 9 writes them (qemu >= 7.2); auto: when the domain's <emulator> (or "
+        "qemu-system-x86_64 on PATH) is qemu 7.2 or newer (default: %(default)s)",
+    )
+    p.add_argument(
         "--no-align",
         action="store_true",
         help="keep memory sizes unaligned (as libvirt does for incoming migration)",
@@ -66,6 +76,36 @@ def parse_mount_option(text: str) -> tuple[int, str]:
         return parse_cli_size_kib(size), path
     except UnitError as exc:
         raise InvalidInput(reason=f"--mount: {exc}") from None
+
+
+def emulator_of(data: bytes) -> Optional[str]:
+    """The domain's <devices><emulator>, or None (unreadable XML: from_xml will say why)."""
+    from hugexml.errors import HugexmlError
+    from hugexml.xmlsafe import parse_bytes
+
+    try:
+        el = parse_bytes(data).getroot().find("devices/emulator")
+    except HugexmlError:
+        return None
+    return el.text.strip() if el is not None and el.text and el.text.strip() else None
+
+
+def qemu_has_thread_context(emulator: Optional[str]) -> bool:
+    """qemu 7.2 added the thread-context object: ask the qemu that will run the guest."""
+    import re
+    import shutil
+    import subprocess
+
+    binary = emulator or shutil.which("qemu-system-x86_64")
+    if not binary:
+        return False
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                             timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    m = re.search(r"version (\d+)\.(\d+)", out)
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= QEMU_THREAD_CONTEXT
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
@@ -96,6 +136,8 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         hugetlbfs_subdir=args.hugetlbfs_subdir,
         backing_subdir=args.backing_subdir,
         align=not args.no_align,
+        thread_context=args.thread_context == "yes"
+        or (args.thread_context == "auto" and qemu_has_thread_context(emulator_of(data))),
     )
     mem = qemuargs.from_xml(data, env, host, source)
     argv = qemurender.argv(mem, objects=args.objects)

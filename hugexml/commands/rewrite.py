@@ -16,7 +16,9 @@ EPILOG = """examples:
   hugexml rewrite vm1.xml --page-size auto --check          # exit 1 if not already so
 
 exit status: 0 done (or nothing to change), 1 --check found something to change,
-2 bad input or refused (one line on stderr)."""
+2 bad input or refused (one line on stderr): the output would be a domain libvirt refuses,
+e.g. hugepages with <source type='anonymous'/> (--memfd) or <allocation mode='ondemand'/>
+(--drop-ondemand)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,7 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cells", metavar="LIST",
                    help="only these guest NUMA cells, e.g. 0,2-3 (default: all)")
     p.add_argument("--memfd", action="store_true",
-                   help="back the memory with memfd (<source type='memfd'/>: no mount needed)")
+                   help="back the memory with memfd (<source type='memfd'/>: no mount needed); "
+                        "replaces <source type='anonymous'/>, which libvirt refuses with hugepages")
+    p.add_argument("--drop-ondemand", action="store_true",
+                   help="remove <allocation mode='ondemand'/>, which libvirt refuses with "
+                        "hugepages (they are allocated when the guest starts)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("-o", "--output", metavar="OUT", help="write the result to OUT")
     out.add_argument("--in-place", action="store_true",
@@ -71,7 +77,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
 
     host = read_host_info(ctx.root)
     result = rewrite_xml(data, page_size_kib=size, host=host, cells=cells, memfd=args.memfd,
-                         source=source)
+                         drop_ondemand=args.drop_ondemand, source=source)
     if not args.json:
         for note in result.notes:
             print(f"{source}: {note}", file=sys.stderr)

@@ -134,3 +134,16 @@ def _reset(bed: LibvirtBed) -> None:
     for size_kib in MOUNTS:
         set_pool(size_kib, 0)
     shutil.rmtree(STATE_DIR, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The differential test's numbers (seeds, domains, disagreements by kind, time)."""
+    import sys
+
+    summary = getattr(sys.modules.get("test_differential"), "SUMMARY", None)
+    if not summary:
+        return
+    terminalreporter.write_sep("-", "hugexml against libvirt 9.0 (test_differential)")
+    for label, numbers in summary.items():
+        shown = {k: v for k, v in numbers.items() if k != "libvirt_refusals"}
+        terminalreporter.write_line(f"{label}: {shown}")
