@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from hugexml.errors import ConfigError
-from hugexml.units import MAX_NODES, UnitError, parse_cli_size_kib
+from hugexml.units import MAX_NODES, UnitError, parse_cli_size_kib, parse_duration_s
 
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_SECONDS = 24 * 3600
@@ -135,22 +135,6 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
-MAX_KEEP_S = 30 * 24 * 3600
-_DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,3})?)([smhd]?)\Z")
-_UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration_s(text: str) -> float:
-    """``0``, ``90``, ``90s``, ``10m``, ``2h``, ``1d`` -> seconds (at most 30 days)."""
-    m = _DURATION.match(text.strip().lower())
-    if not m:
-        raise ValueError(f"{text.strip()[:40]!r} is not a duration (e.g. 0, 90s, 10m, 2h, 1d)")
-    seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
-    if seconds > MAX_KEEP_S:
-        raise ValueError(f"{text.strip()!r} is longer than 30 days (use policy = keep)")
-    return seconds
-
-
 def _keep_for(text: str) -> tuple[tuple[int, float], ...]:
     pairs: dict[int, float] = {}
     for item in text.split():
@@ -162,7 +146,11 @@ def _keep_for(text: str) -> tuple[tuple[int, float], ...]:
             raise ValueError(f"{size!r} is not a hugepage size")
         if size_kib in pairs:
             raise ValueError(f"{size} is listed twice")
-        pairs[size_kib] = parse_duration_s(duration)
+        try:
+            pairs[size_kib] = parse_duration_s(duration)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("30 days", "30 days (use policy = keep)")) \
+                from None
     return tuple(sorted(pairs.items(), reverse=True))
 
 

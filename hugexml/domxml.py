@@ -16,7 +16,7 @@ from typing import Any, Optional
 from hugexml import numaxml, xmlread, xmlsafe
 from hugexml.errors import InvalidDomain, InvalidXML
 from hugexml.model import Domain, MemoryDevice, PageSpec
-from hugexml.units import UnitError
+from hugexml.units import UnitError, parse_duration_s
 
 # --- XPaths (declared once) -------------------------------------------------------------
 X_NAME = "name"
@@ -40,6 +40,9 @@ X_MEMORY_DEVICES = "devices/memory"
 X_DEV_SOURCE = "source"
 X_DEV_TARGET = "target"
 X_DEV_ADDRESS = "address"
+# hugexml's own element in <metadata> (libvirt keeps foreign namespaces as they are)
+NS_HUGEXML = "https://hugexml.dev/xmlns/domain/1"
+X_KEEP = f"metadata/{{{NS_HUGEXML}}}keep"
 
 MAX_MEMORY_DEVICES = 256
 MAX_PAGES = 1024
@@ -155,7 +158,22 @@ def _parse(root: Any, name: str) -> Domain:
         allocation_threads=threads, discard=root.find(X_DISCARD) is not None,
         nosharepages=root.find(X_NOSHAREPAGES) is not None,
         locked=root.find(X_LOCKED) is not None, vcpus=vcpus,
-        min_guarantee_kib=min_guarantee, interconnects=interconnects)
+        min_guarantee_kib=min_guarantee, interconnects=interconnects, keep_s=_keep(root))
+
+
+def _keep(root: Any) -> Optional[float]:
+    """``<hugexml:keep for="forever|DURATION"/>`` in <metadata>: this guest's keep window
+    for the pages hugexml added (-1: for ever); None without it."""
+    el = root.find(X_KEEP)
+    if el is None:
+        return None
+    text = (el.get("for") or "").strip()
+    if text.lower() == "forever":
+        return -1.0
+    try:
+        return parse_duration_s(text)
+    except ValueError as exc:
+        raise UnitError(f"<metadata> hugexml keep for={text[:40]!r}: {exc}") from None
 
 
 def _vcpu(root: Any) -> tuple[Optional[int], bool]:

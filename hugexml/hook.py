@@ -259,7 +259,7 @@ def _prepare(call: Call) -> int:
     _check_mounts(call, plan)
     allocator = call.allocator()
     try:
-        added = allocator.reserve(plan, call.guest())
+        added = allocator.reserve(plan, call.guest(), keep_s=plan.keep_s)
     finally:
         call.log_allocator(allocator)
     call.log(f"demand {_fmt_demand(plan)}; {_fmt_counts(added)}; claim pending")

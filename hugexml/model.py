@@ -108,6 +108,8 @@ class Domain:
     vcpus: Optional[int] = None  # <vcpu> maximum; None when it cannot be read
     min_guarantee_kib: int = 0
     interconnects: tuple[Interconnect, ...] = ()
+    # hugexml's own <metadata>: this guest's keep window in seconds (-1: for ever)
+    keep_s: Optional[float] = None
 
     @property
     def hotplug(self) -> bool:
@@ -190,6 +192,7 @@ class Plan:
     uuid: Optional[str]
     consumers: tuple[Consumer, ...]
     demand: tuple[DemandItem, ...] = field(default=())
+    keep_s: Optional[float] = None  # the guest's own keep window (Domain.keep_s)
 
     @property
     def hugepages(self) -> bool:

@@ -106,7 +106,7 @@ def make_plan(domain: Domain, host: Optional[HostInfo]) -> Plan:
     if host is not None:
         _check_host(domain, host, consumers)
     return Plan(domain=domain.name, uuid=domain.uuid, consumers=tuple(consumers),
-                demand=_demand(consumers))
+                demand=_demand(consumers), keep_s=domain.keep_s)
 
 
 def _consumer(kind: str, cell: Optional[int], index: Optional[int], size_kib: int,

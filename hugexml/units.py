@@ -138,3 +138,21 @@ def format_nodeset(nodes: frozenset[int] | set[int] | list[int] | tuple[int, ...
 def _clip(text: str | None, width: int = 40) -> str:
     text = "" if text is None else " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# --- durations -----------------------------------------------------------------------------
+MAX_DURATION_S = 30 * 24 * 3600
+_DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,3})?)([smhd]?)\Z")
+_UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration_s(text: str) -> float:
+    """``0``, ``90``, ``90s``, ``10m``, ``2h``, ``1d`` -> seconds (at most 30 days);
+    ValueError naming the text otherwise."""
+    m = _DURATION.match(text.strip().lower())
+    if not m:
+        raise ValueError(f"{text.strip()[:40]!r} is not a duration (e.g. 0, 90s, 10m, 2h, 1d)")
+    seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"{text.strip()!r} is longer than 30 days")
+    return seconds

@@ -159,3 +159,43 @@ def test_kept_pages_of_another_size_go_back_when_a_start_needs_the_memory(kernel
     margin_host(kernel)
     a.reserve(plan("small", (300, (0,), "strict", M2)), guest("small"))
     assert kernel.nr(0, G1) == 0 and kernel.nr(0, M2) == 300
+
+
+META = ("<metadata><hx:keep xmlns:hx='https://hugexml.dev/xmlns/domain/1' for='{}'/>"
+        "</metadata>")
+
+
+@pytest.mark.parametrize("value, keep_s", [("forever", -1.0), ("0", 0.0), ("90s", 90.0),
+                                           ("2h", 7200.0), ("1.5m", 90.0)])
+def test_a_guest_sets_its_own_keep_window_in_its_metadata(value, keep_s):
+    from hugexml.plan import plan_xml
+
+    xml = (b"<domain><name>v</name><memory unit='GiB'>1</memory><memoryBacking><hugepages>"
+           b"<page size='1' unit='G'/></hugepages></memoryBacking>"
+           + META.format(value).encode() + b"</domain>")
+    assert plan_xml(xml, None).keep_s == keep_s
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "31d", "", "1e9"])
+def test_a_bad_keep_window_in_the_metadata_is_one_line(value):
+    from hugexml.errors import InvalidDomain
+    from hugexml.plan import plan_xml
+
+    xml = (b"<domain><name>v</name><memory unit='GiB'>1</memory>"
+           + META.format(value).encode() + b"</domain>")
+    with pytest.raises(InvalidDomain) as info:
+        plan_xml(xml, None)
+    assert str(info.value).startswith("domain 'v': <metadata> hugexml keep for=")
+
+
+def test_the_guests_own_window_wins_over_the_config(kernel, tmp_path):
+    clock = Clock()
+    a = alloc(kernel, tmp_path, clock, keep_for=((G1, 0.0),))   # the host gives back at once
+    a.reserve(plan("pinned", (1, (0,), "strict", G1)), guest("pinned"), keep_s=-1.0)
+    a.reserve(plan("short", (1, (1,), "strict", G1)), guest("short"), keep_s=60.0)
+    a.release(guest("pinned"))
+    a.release(guest("short"))
+    assert kernel.nr(0, G1) == 1 and kernel.nr(1, G1) == 1
+    clock.now += 3600
+    a.reconcile()
+    assert kernel.nr(0, G1) == 1 and kernel.nr(1, G1) == 0       # for ever vs 60 s

@@ -14,6 +14,7 @@ runs them in full, as `packaging/build-rpm` does by default.
 from __future__ import annotations
 
 import configparser
+import glob
 import os
 import re
 import shutil
@@ -34,7 +35,9 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 HOOK = "/etc/libvirt/hooks/qemu.d/hugexml"
 CONF = "/etc/hugexml/hugexml.conf"
 UNITDIR = "/usr/lib/systemd/system"
-UNITS = ("dev-hugepages1G.mount", "dev-hugepages2M.mount", "hugexml-reserve.service")
+BOOT_UNITS = ("dev-hugepages1G.mount", "dev-hugepages2M.mount", "hugexml-reserve.service")
+TIMER_UNITS = ("hugexml-reconcile.service", "hugexml-reconcile.timer")
+UNITS = (*BOOT_UNITS, *TIMER_UNITS)
 DROPIN = "dev-hugepages.mount.d/hugexml.conf"
 DAEMONS = ("libvirtd.service", "virtqemud.service")
 
@@ -193,7 +196,7 @@ def unit(name: str) -> configparser.ConfigParser:
     return cfg
 
 
-@pytest.mark.parametrize("name", [*UNITS, DROPIN])
+@pytest.mark.parametrize("name", [*BOOT_UNITS, DROPIN])
 def test_units_come_before_the_libvirt_daemons(name):
     before = unit(name)["Unit"]["Before"].split()
     assert set(DAEMONS) <= set(before)
@@ -225,12 +228,25 @@ def test_reserve_service_runs_a_real_command():
     assert args.command == "boot" and args.apply_runtime
 
 
-def test_preset_enables_the_mounts_only():
+def test_reconcile_timer_runs_hugexml_reconcile():
+    from hugexml.cli import build_parser
+
+    service, timer = unit("hugexml-reconcile.service"), unit("hugexml-reconcile.timer")
+    assert service["Service"]["Type"] == "oneshot"
+    argv = service["Service"]["ExecStart"].split()
+    assert argv[0] == "/usr/bin/hugexml" and build_parser().parse_args(argv[1:]).command \
+        == "reconcile"
+    assert timer["Timer"]["OnUnitActiveSec"] == "1min"
+    assert timer["Install"]["WantedBy"] == "timers.target"
+
+
+def test_preset_enables_the_mounts_and_the_reconcile_timer_only():
     lines = [ln.split() for ln in (SYSTEMD_DIR / "80-hugexml.preset").read_text().splitlines()
              if ln.strip() and not ln.startswith("#")]
     assert sorted(lines) == sorted([["enable", "dev-hugepages1G.mount"],
                                     ["enable", "dev-hugepages2M.mount"],
-                                    ["disable", "hugexml-reserve.service"]])
+                                    ["disable", "hugexml-reserve.service"],
+                                    ["enable", "hugexml-reconcile.timer"]])
 
 
 def test_tmpfiles_line():
@@ -550,6 +566,13 @@ def test_systemd_analyze_verify(installed, tmp_path):
     if host_mount:  # systemd's own unit, so that our drop-in is read with it
         shutil.copy(host_mount, installed / UNITDIR.lstrip("/"))
         units.append("dev-hugepages.mount")
+    # the timer and its service keep systemd's default dependencies: the targets they
+    # name must be there to be verified
+    for directory in ("/usr/lib/systemd/system", "/lib/systemd/system"):
+        for target in glob.glob(os.path.join(directory, "*.target")):
+            dest = installed / UNITDIR.lstrip("/") / os.path.basename(target)
+            if not dest.exists():
+                shutil.copy(target, dest)
     proc = _run([analyze, "verify", "--man=no", f"--root={installed}", *units])
     assert proc.returncode == 0 and (proc.stdout + proc.stderr).strip() == "", proc.stderr
 
@@ -596,7 +619,8 @@ def test_preset_and_install_sections(installed):
     proc = _run([systemctl, f"--root={installed}", "preset", *UNITS])
     assert proc.returncode == 0, proc.stderr
     proc = _run([systemctl, f"--root={installed}", "is-enabled", *UNITS])
-    assert proc.stdout.split() == ["enabled", "enabled", "disabled"], proc.stdout
+    assert proc.stdout.split() == ["enabled", "enabled", "disabled", "static", "enabled"], \
+        proc.stdout
 
 
 def test_tmpfiles_creates_the_state_dir(installed, tmp_path):

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
     plan = plan_xml(data, read_host_info(ctx.root), "<stdin>" if args.xml == "-" else args.xml)
     guest = GuestId(args.name or plan.domain, args.uuid or plan.uuid)
     warnings = mount_warnings(ctx, plan)
-    result = allocator(ctx).reserve(plan, guest)
+    result = allocator(ctx).reserve(plan, guest, keep_s=plan.keep_s)
     result = dict(result, guest=guest.name, uuid=guest.uuid, warnings=warnings)
     if args.json:
         print_json(result)

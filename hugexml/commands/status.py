@@ -83,6 +83,10 @@ def collect_status(ctx: Any) -> dict[str, Any]:
             "added_by_hugexml": book.hugexml_pages if book else 0,
             "baseline": book.baseline if book else None,
             "admin": book.admin if book else 0, "kept": book.kept_pages if book else 0,
+            "kept_lots": [{"pages": lot.pages, "until": lot.until}
+                          for lot in (book.kept if book else [])],
+            "kept_until": min((lot.until for lot in (book.kept if book else [])
+                               if lot.until is not None), default=None),
             "unreleased": book.unreleased if book else 0,
             "predicted_allocatable": predicted,
             "predicted_from": "buddyinfo" if exact else "memfree-after-compaction",

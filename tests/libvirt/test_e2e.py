@@ -62,6 +62,7 @@ def test_2m_guest_starts_on_an_empty_pool_and_gives_the_pages_back(bed):
 
 # 2 ----------------------------------------------------------------------------------------
 def test_1g_guest_starts_on_an_empty_pool_and_gives_the_page_back(bed):
+    bed.write_config("[release]\nkeep_for = 1G=0\n")  # no keep window (test_keep_window)
     before = pool(G1)
     name = bed.define("hp1g", memory_mib=1024, page_kib=G1)
     bed.start(name)
@@ -151,6 +152,7 @@ def test_two_guests_starting_at_once_share_the_free_pages_exactly(bed):
 
 # 6 ----------------------------------------------------------------------------------------
 def test_restore_refits_a_1g_guest_when_the_daemon_lost_the_1g_mount(bed):
+    bed.write_config("[release]\nkeep_for = 1G=0\n")
     name = bed.define("save1g", memory_mib=1024, page_kib=G1)
     bed.start(name)
     image = str(Path(bed.workdir, "save1g.img"))
@@ -217,6 +219,7 @@ def test_missing_mount_line_reaches_virsh_and_memfd_is_the_way_out(bed):
     from hugexml.errors import MountMissing
     from hugexml.root import HostRoot
 
+    bed.write_config("[release]\nkeep_for = 1G=0\n")
     bed.stop_libvirtd()
     bed.umount(G1)
     bed.start_daemons()        # no 1G mount at all
