@@ -73,7 +73,8 @@ class Doctor:
             ("cpu-1g", self.check_cpu), ("default-size", self.check_default_size),
             ("pools", self.check_pools), ("mounts", self.check_mounts),
             ("qemu.conf", self.check_qemu_conf), ("stale-daemon", self.check_stale_daemon),
-            ("hook", self.check_hook), ("ledger", self.check_ledger), ("thp", self.check_thp),
+            ("hook", self.check_hook), ("ledger", self.check_ledger), ("kept", self.check_kept),
+            ("thp", self.check_thp),
             ("fragmentation", self.check_fragmentation))]
         return [*checks, guests]
 
@@ -280,6 +281,25 @@ class Doctor:
                          "remove them when done)")
         return Check("ledger", OK, f"state matches the kernel ({len(state.guests)} guests "
                      "with a claim)")
+
+    def check_kept(self) -> Check:
+        """Pages kept for restarts, per node and size, with the time their window ends."""
+        import time
+
+        from hugexml.ledger import Store
+
+        if not os.path.isdir(self.state_dir):
+            return Check("kept", OK, "no pages kept for restarts")
+        gateway = self.gateway()
+        state = Store(self.state_dir, boot_id=gateway.boot_id()).read()
+        now, parts = time.time(), []
+        for (node, size_kib), book in sorted(state.journal.pools.items()):
+            for lot in book.kept:
+                end = ("for ever" if lot.until is None
+                       else f"{max(0.0, lot.until - now) / 60:.0f} min left")
+                parts.append(f"node {node} {format_kib(size_kib)}: {lot.pages} ({end})")
+        return Check("kept", OK, ("kept for restarts: " + "; ".join(parts)) if parts
+                     else "no pages kept for restarts")
 
     def check_thp(self) -> Check:
         mode = _bracketed(self.root.path("sys/kernel/mm/transparent_hugepage/enabled"))

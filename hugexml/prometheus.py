@@ -49,9 +49,13 @@ POOL_FAMILIES: tuple[Family, ...] = (
     Family("hugepages_claimed_pages", "Hugepages claimed in the hugexml ledger by guests.",
            "claimed", ("claimed", "claimed_pages")),
     Family("hugepages_kept_pages",
-           "Hugepages hugexml keeps in the pool after their guest stopped "
-           "([release] policy = keep).",
+           "Hugepages hugexml keeps in the pool after their guest stopped, for restarts "
+           "([release] keep_for window, policy = keep, or the guest's own).",
            "kept", ("kept", "kept_pages")),
+    Family("hugepages_kept_until_seconds",
+           "When the soonest keep window of the pool's kept pages ends (Unix time); absent "
+           "when none ends.",
+           "kept_until", ("kept_until",)),
     Family("hugepages_added_pages", "Hugepages hugexml added to the pool for guests.",
            "added", ("added_by_hugexml", "added", "added_pages")),
     Family("hugepages_baseline_pages",

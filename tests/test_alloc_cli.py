@@ -117,8 +117,8 @@ def test_status_shows_pools_guests_and_json(kernel, tmp_path, capsys):
     code, out = run("status", [], tmp_path, capsys)
     assert code == 0
     assert "  vm1 (name-" in out and "): pending; added node 1: 5 x 2M" in out
-    assert out.splitlines()[0].split() == ["node", "size", "total", "free", "resv<=",
-                                           "surplus", "claimed", "added", "allocatable"]
+    assert out.splitlines()[0].split() == ["node", "size", "total", "free", "claimed", "kept",
+                                           "added", "admin", "allocatable"]
 
 
 @pytest.mark.parametrize("name", ["host.json", "ledger.json", "guests/name-00.json"])
@@ -167,3 +167,36 @@ def test_reserve_command_plans_and_claims(kernel, tmp_path, capsys):
     result = json.loads(out)
     assert code == 0 and result["claimed"] == {"1:2048": 32}
     assert kernel.nr(1, M2) == 32
+
+
+def test_status_table_reads_at_a_glance(kernel, tmp_path, capsys):
+    """One row per node and size: claimed as starting+running, kept with the time left,
+    added by hugexml, the admin's own pages; a running guest's claim is not 0."""
+    from hugexml.alloc import Allocator
+    from hugexml.model import DemandItem, GuestId, Plan
+
+    G1 = 1048576
+    kernel.set(0, M2, persistent=4)                           # the admin's
+    clock = [1000.0]
+    alloc = Allocator(kernel.gw, str(tmp_path / "state"),
+                      make_config(keep_for=((G1, 600.0),)), clock=lambda: clock[0])
+    alloc.reserve(Plan("run", None, (), (DemandItem(M2, (0,), 10, "strict"),)), GuestId("run"))
+    kernel.map(0, M2, 10)
+    alloc.settle(GuestId("run"))
+    alloc.reserve(Plan("new", None, (), (DemandItem(M2, (0,), 3, "strict"),)), GuestId("new"))
+    alloc.reserve(Plan("big", None, (), (DemandItem(G1, (1,), 2, "strict"),)), GuestId("big"))
+    alloc.release(GuestId("big"))
+    from hugexml.commands import status as status_cmd
+
+    status = status_cmd.collect_status(Ctx(tmp_path))
+    lines = status_cmd.render(status, now=clock[0] + 60)
+    header = lines[0].split()
+    rows = {tuple(line.split()[:2]): dict(zip(header, line.replace(" (", "(").split()))
+            for line in lines[1:5]}
+    two_m, one_g = rows[("0", "2M")], rows[("1", "1G")]
+    assert (two_m["total"], two_m["free"], two_m["claimed"], two_m["kept"], two_m["added"],
+            two_m["admin"]) == ("13", "3", "3+10", "0", "9", "4")
+    assert (one_g["total"], one_g["free"], one_g["claimed"], one_g["kept"], one_g["added"],
+            one_g["admin"]) == ("2", "2", "0", "2(9m)", "2", "0")
+    assert any("claimed: starting+running guests; kept: for restarts" in ln for ln in lines)
+    assert all(len(ln) <= 100 for ln in lines), lines

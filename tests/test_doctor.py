@@ -22,7 +22,7 @@ from simkernel import SimKernel
 
 M2, G1 = 2048, 1048576
 NAMES = ["guests", "cpu-1g", "default-size", "pools", "mounts", "qemu.conf", "stale-daemon",
-         "hook", "ledger", "thp", "fragmentation"]
+         "hook", "ledger", "kept", "thp", "fragmentation"]
 
 
 class FakeHost:
@@ -267,3 +267,17 @@ def test_doctor_command_json_has_every_check_and_the_exit_code(host, capsys, mon
     assert sorted(c["name"] for c in data["checks"]) == sorted(NAMES)
     assert code == data["exit_code"] >= 1       # the 1G mount is missing
     assert all(c["status"] in (OK, WARN, FAIL, SKIP) for c in data["checks"])
+
+
+def test_kept_pages_are_listed_with_their_window(host):
+    import json as json_mod
+    import time
+
+    os.makedirs(host.state)
+    journal = {"schema": 2, "pools": {"1:1048576": {"baseline": 0, "kept": [
+        [2, time.time() + 600], [1, None]]}}}
+    Path(host.state, "host.json").write_text(json_mod.dumps(journal))
+    check = host.doctor()["kept"]
+    assert check.status == OK
+    assert check.message.startswith("kept for restarts: node 1 1G: 2 (1") and \
+        "min left); node 1 1G: 1 (for ever)" in check.message

@@ -33,9 +33,9 @@ def _read(path: str) -> bytes:
         raise InvalidInput(reason=f"{path}: {exc.strerror}") from exc
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, none: str = "-") -> str:
     if value is None:
-        return "-"
+        return none
     if isinstance(value, tuple):
         from hugexml.units import format_nodeset
 
@@ -61,11 +61,12 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
              "SOURCE", "SHARED")]
     for c in plan.consumers:
         rows.append((c.kind, _cell(c.guest_cell), _cell(c.index), str(c.size_kib),
-                     _cell(c.page_size_kib), str(c.pages), _cell(c.host_nodes),
+                     _cell(c.page_size_kib, "normal"), str(c.pages), _cell(c.host_nodes, "any"),
                      _cell(c.policy), c.source, "yes" if c.shared else "no"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
     for d in plan.demand:
-        print(f"demand: {d.pages} x {d.page_size_kib} KiB on host nodes {_cell(d.host_nodes)}")
+        where = f"host nodes {_cell(d.host_nodes)}" if d.host_nodes is not None else "any node"
+        print(f"demand: {d.pages} x {d.page_size_kib} KiB on {where}")
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import Any, Optional
 
 HELP = "show hugepage pools per node and size, hugetlbfs mounts and claimed guests"
 EPILOG = """examples:
@@ -121,26 +121,54 @@ def _table(rows: list[list[str]]) -> list[str]:
             .rstrip() for r in rows]
 
 
-def render(status: dict[str, Any]) -> list[str]:
+def _left(until: Optional[float], now: float) -> str:
+    """A keep window's remaining time, short: 9m, 2h, 3d; "ever" for no end."""
+    if until is None:
+        return "ever"
+    left = max(0.0, until - now)
+    for unit, seconds in (("d", 86400), ("h", 3600), ("m", 60)):
+        if left >= seconds:
+            return f"{left // seconds:.0f}{unit}"
+    return f"{left:.0f}s"
+
+
+def _kept(pool: dict[str, Any], now: float) -> str:
+    if not pool["kept"]:
+        return "0"
+    lots = pool.get("kept_lots") or []
+    ends = [lot["until"] for lot in lots if lot["until"] is not None]
+    return f"{pool['kept']} ({_left(min(ends) if ends else None, now)})"
+
+
+def render(status: dict[str, Any], now: Optional[float] = None) -> list[str]:
+    """The table an operator reads at a glance: one row per node and page size. Every
+    number here (and more) is in --json."""
+    import time
+
     from hugexml.commands._alloc import fmt_pools
     from hugexml.errors import printable
     from hugexml.units import format_kib
 
-    def num(v: Any) -> str:
-        return "-" if v is None else str(v)
-
-    rows = [["node", "size", "total", "free", "resv<=", "surplus", "claimed", "added",
+    now = time.time() if now is None else now
+    rows = [["node", "size", "total", "free", "claimed", "kept", "added", "admin",
              "allocatable"]]
     for p in status["pools"]:
+        if p["baseline"] is None:  # a pool hugexml never changed: all the admin's
+            admin = p["total"] - p["surplus"]
+        else:
+            admin = p["baseline"] + p["admin"]
+        claimed = f"{p['claimed_pending']}+{p['claimed_active']}" if p["claimed"] else "0"
+        predicted = p["predicted_allocatable"]
         rows.append([str(p["node"]), format_kib(p["size_kib"]), str(p["total"]), str(p["free"]),
-                     str(p["reserved_at_most"]), str(p["surplus"]), str(p["claimed"]),
-                     str(p["added_by_hugexml"]),
+                     claimed, _kept(p, now), str(p["added_by_hugexml"] - p["admin"]), str(admin),
+                     "?" if predicted is None else
                      ("<=" if p.get("predicted_from") == "memfree-after-compaction" else "")
-                     + num(p["predicted_allocatable"])])
+                     + str(predicted)])
     lines = _table(rows)
-    lines.append("(resv<=: the kernel counts reserved pages per size only; each node shows the "
-                 "most it could hold. allocatable: buddyinfo's prediction without compaction; "
-                 "<=N: above the largest buddy order, MemFree after compaction bounds it)")
+    lines.append("claimed: starting+running guests; kept: for restarts (time left); "
+                 "added: by hugexml;")
+    lines.append("admin: the admin's own; allocatable: the kernel could add now "
+                 "(<=N: at most)")
     mounts = status["mounts"]
     lines.append("mounts: " + (", ".join(
         f"{m['path']} ({format_kib(m['page_size_kib']) if m['page_size_kib'] else '?'})"
@@ -158,10 +186,8 @@ def render(status: dict[str, Any]) -> list[str]:
     for g in guests:
         lines.append(f"  {printable(g['name'])} ({g['key']}): {g['state']}; "
                      f"added {fmt_pools(g['added'])}; claimed {fmt_pools(g.get('claimed', {}))}")
-    for label, key in (("admin pages", "admin"), ("kept by policy", "kept"),
-                       ("owed back (in use)", "unreleased")):
-        if status[key]:
-            lines.append(f"{label}: {fmt_pools(status[key])}")
+    if status["unreleased"]:
+        lines.append(f"owed back, given back once free: {fmt_pools(status['unreleased'])}")
     if status["intent"]:
         lines.append("an interrupted transaction awaits reconcile (hugexml status --reconcile)")
     return lines
