@@ -1,54 +1,29 @@
-"""The allocator: claims in the state store, pool changes as transactions, releases, reconcile.
+"""The allocator's guest operations: claims in the state store, releases, reconcile.
 
-Every public method takes the state lock for its whole read-compute-write-verify
-(``_session``): it loads the state (quarantining what fails its checks), lets
-``hugexml.recovery.begin`` finish what a killed process or a bad file left, does its work,
-and commits (``ledger.Store.commit``). Pool changes follow one protocol: compute
-(hugexml.fit), write an *intent* to the journal (per pool: the persistent count before and
-the target), change the kernel (hugexml.txn), then commit the books and the guest record. A
-failed grow rolls every touched pool back before raising; so does a commit that fails after
-the kernel grew. A process killed in between leaves the intent, and the next session
-resolves it against the kernel's counts.
+``Allocator`` is what the hook and the CLI use: ``reserve`` (claim a plan's pages for a
+guest, adding what is missing; when a node cannot take it, free the least hugexml holds
+there without need first: demote, then kept pages of other sizes), ``settle``, ``release``
+(the guest's pages kept for their window or owed back, then given back as far as free),
+``tidy`` (due work), ``reconcile`` (also with the live guests the host shows). The admin's
+operations are ``hugexml.admin``, the session and pool-change protocol ``hugexml.poolops``.
 
 Nothing here gives back a page that is not free, reserved, or promised to a pending guest,
 or takes a pool below its baseline plus admin pages plus other guests' pages.
 """
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from hugexml import recovery
-from hugexml.demote import Demoter, Relief, least_relief
-from hugexml.errors import (
-    GuestConflict,
-    HugexmlError,
-    InsufficientPages,
-    InvalidInput,
-    MarginViolation,
-    NoSuchHostNode,
-    UnsupportedPageSize,
-)
-from hugexml.fit import (
-    HostView,
-    Margin,
-    Placement,
-    check_margin,
-    error,
-    place,
-    releasable,
-    spread,
-)
-from hugexml.ledger import State, Store
+from hugexml.admin import AdminOps
+from hugexml.demote import Relief, least_relief
+from hugexml.errors import GuestConflict, InsufficientPages, InvalidInput, MarginViolation
+from hugexml.fit import HostView, Placement, place
+from hugexml.ledger import State
 from hugexml.model import GuestId
 from hugexml.records import (
     DemandRow,
     GuestRecord,
-    Intent,
-    IntentPool,
     Pool,
     RecordError,
     check_name,
@@ -56,16 +31,10 @@ from hugexml.records import (
     normalize_uuid,
     pool_key,
 )
-from hugexml.txn import PoolTxn, Progress, read_view
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hugexml.config import Config
     from hugexml.live import LiveGuest
     from hugexml.model import Plan
-
-MAX_ADMIN_PAGES = 1 << 24
-ADMIN_SHRINK = ("unreleased", "kept", "admin", "baseline")
-
 
 def guest_identity(guest: GuestId) -> tuple[str, Optional[str], str]:
     """(name, normalised uuid, record key) of a guest about to be recorded; InvalidInput
@@ -115,22 +84,13 @@ def _counts(pools: dict[Pool, int]) -> dict[str, int]:
     return {pool_key(p): n for p, n in sorted(pools.items()) if n}
 
 
-class Allocator:
-    def __init__(self, gateway: Any, state_dir: str, config: Config,
-                 clock: Callable[[], float] = time.time,
-                 progress: Optional[Progress] = None) -> None:
-        self.gateway = gateway
-        self.config = config
-        self.clock = clock
-        self.progress = progress
-        boot_id = getattr(gateway, "boot_id", None)
-        self.store = Store(state_dir, float(config.lock_timeout_s), clock,
-                           boot_id=boot_id() if callable(boot_id) else "")
-        self.margin = Margin(int(config.margin_min_kib), float(config.margin_percent))
-        self.demoter = Demoter(gateway, self.store, clock)
-        self.report: dict[str, Any] = {}  # what the last session's recovery did
+__all__ = ["Allocator", "find_guest", "guest_identity"]
 
-    # --- guests ------------------------------------------------------------------------
+
+class Allocator(AdminOps):
+    """The guests' operations (reserve, settle, release, tidy, reconcile) over the admin's
+    (hugexml.admin) and the pool-change protocol (hugexml.poolops)."""
+
     def reserve(self, plan: Plan, guest: GuestId,
                 keep_s: Optional[float] = None) -> dict[str, Any]:
         """Claim the plan's pages for the guest (``pending``), adding what is missing.
@@ -341,244 +301,3 @@ class Allocator:
                 moved = recovery.release_record(state, key, self.config, self.clock())
                 out.setdefault("released_stale", {})[key] = moved
         return out
-
-    # --- admin pool changes ----------------------------------------------------------------
-    def allocate_admin(self, size_kib: int, count: int, node: Optional[int] = None,
-                       dry_run: bool = False) -> dict[str, Any]:
-        """Add ``count`` pages to the pools as an admin change. A dry run writes nothing on
-        the host: no state dir, lock file, state file or kernel write."""
-        self._check_admin_args(size_kib, count)
-        with self._admin_session(dry_run) as state:
-            view = self._view(state, {size_kib})
-            return self._admin_grow(state, view, size_kib, count, node, dry_run)
-
-    def top_up_admin(self, size_kib: int, target: int, node: Optional[int] = None,
-                     dry_run: bool = False) -> dict[str, Any]:
-        """Grow the pool of ``node`` (None: the whole host) to ``target`` persistent pages,
-        counting every page the kernel has now; never shrinks. Read and grow under one lock,
-        so a second run adds nothing."""
-        self._check_admin_args(size_kib, target)
-        with self._admin_session(dry_run) as state:
-            view = self._view(state, {size_kib})
-            if node is not None:
-                self._check_node(view, node, size_kib)
-                have = view.pools[(node, size_kib)].persistent
-            else:
-                have = sum(view.pools[(n, size_kib)].persistent for n in view.nodes)
-            need = max(0, target - have)
-            result = self._admin_grow(state, view, size_kib, need, node, dry_run)
-        return dict(result, pool_pages=have, target=target, adding=need)
-
-    @contextmanager
-    def _admin_session(self, dry_run: bool) -> Iterator[State]:
-        """The state under the lock, or for a dry run a read-only copy (recovery applied in
-        memory only, nothing written)."""
-        if not dry_run:
-            with self._session() as state:
-                yield state
-            return
-        state = self.store.read(self._known())
-        recovery.begin(self.gateway, state, self.config, self.clock())
-        yield state
-
-    def _admin_grow(self, state: State, view: HostView, size_kib: int, count: int,
-                    node: Optional[int], dry_run: bool) -> dict[str, Any]:
-        if node is not None:
-            self._check_node(view, node, size_kib)
-            grow = {(node, size_kib): count} if count else {}
-            check_margin(grow, view, self.margin, None)
-        else:
-            grow = spread(view, size_kib, count, self.margin, None) if count else {}
-        result: dict[str, Any] = {"size_kib": size_kib, "add": _counts(grow), "dry_run": dry_run}
-        if dry_run or not grow:
-            return result
-        txn, grown = self._grow(state, grow, view, "admin", None, None)
-        for pool, pages in grow.items():
-            state.journal.book(pool).admin += pages
-            state.journal.book(pool).unreleased += grown.get(pool, pages) - pages
-        state.journal.intent = None
-        state.journal_dirty = True
-        self._commit_or_undo(state, txn, grow, grown, None)
-        return result
-
-    def shrink_admin(self, size_kib: int, count: int, node: Optional[int] = None) -> dict[str, Any]:
-        """Remove up to ``count`` free pages no guest with a record needs."""
-        self._check_admin_args(size_kib, count)
-        with self._session() as state:
-            sync = recovery.sync(self.gateway, state)
-            view = self._view(state, {size_kib}, memory=False)
-            if node is not None:
-                self._check_node(view, node, size_kib)
-            nodes = [node] if node is not None else list(view.nodes)
-            plan: dict[Pool, tuple[int, tuple[str, ...]]] = {}
-            left = count
-            for n in sorted(nodes, key=lambda n: -view.pools[(n, size_kib)].free):
-                book = state.journal.pools.get((n, size_kib))
-                pages = releasable(view, n, size_kib, left, book.guests if book else 0)
-                if pages > 0:
-                    if book is None:  # the admin's own pool: track what leaves it
-                        state.journal.book((n, size_kib)).baseline = \
-                            view.pools[(n, size_kib)].persistent
-                    plan[(n, size_kib)] = (pages, ADMIN_SHRINK)
-                    left -= pages
-            removed = self._shrink(state, plan, view, "shrink")
-            recovery.forget_idle_pools(state)
-        return {"size_kib": size_kib, "requested": count, "removed": removed,
-                **({"reconciled": sync} if sync else {})}
-
-    def snapshot(self) -> State:
-        """The state as last written, for readers (no repair, nothing moved)."""
-        return self.store.read(self._known())
-
-    # --- sessions ----------------------------------------------------------------------------
-    @contextmanager
-    def _session(self) -> Iterator[State]:
-        with self.store.lock():
-            state = self.store.load(self._known())
-            self.demoter.report = {}
-            self.report = recovery.begin(self.gateway, state, self.config, self.clock())
-            if self.report:
-                state.journal.events.append(dict(self.report, at=self.clock(), op="recover"))
-                state.journal_dirty = True
-            try:
-                yield state
-            except Exception:  # (a kill, simulated or real, writes nothing more)
-                if state.journal.intent is None:  # keep the recovery work, if it can be
-                    try:
-                        self.store.commit(state)
-                    except HugexmlError:
-                        pass
-                raise
-            self.store.commit(state)
-
-    def _known(self) -> set[Pool]:
-        sizes = tuple(self.gateway.page_sizes_kib())
-        return {(n, s) for n in self.gateway.nodes() for s in sizes}
-
-    def _view(self, state: State, sizes_kib: set[int], exclude: Optional[str] = None,
-              memory: bool = True) -> HostView:
-        view = read_view(self.gateway, sizes_kib, memory=memory)
-        for key, rec in state.guests.items():
-            if rec.state != "pending" or key == exclude:
-                continue
-            for pool, pages in rec.claimed.items():
-                if pool in view.pools:
-                    view.claims[pool] = view.claims.get(pool, 0) + pages
-        return view
-
-    def _grow(self, state: State, grow: dict[Pool, int], view: HostView, purpose: str,
-              key: Optional[str], domain: Optional[str],
-              claims: Optional[dict[Pool, int]] = None) -> tuple[PoolTxn, dict[Pool, int]]:
-        """Intent, kernel writes; on any failure roll back, commit, re-raise. On success the
-        caller commits the books (and clears the intent) with ``_commit_or_undo``. Returns
-        the transaction and how much each pool grew (a demote may split more than asked)."""
-        pools = {}
-        for pool, pages in sorted(grow.items()):
-            before = view.pools[pool].persistent
-            pools[pool] = IntentPool(before, before + pages)
-            if pool not in state.journal.pools:
-                state.journal.book(pool).baseline = before  # every page here is someone else's
-        state.journal.intent = Intent("grow", purpose, key, self.clock(), os.getpid(), pools)
-        state.journal_dirty = True
-        self.store.commit(state)
-        relieve = None
-        if self.config.demote:
-            def relieve(node: int, size_kib: int, missing: int) -> int:
-                return self.demoter.split(state, node, size_kib, missing, standalone=False,
-                                          promised=claims)
-        txn = PoolTxn(self.gateway, self.config, domain, self.progress, relieve=relieve)
-        try:
-            grown = txn.grow(grow, view.pools)
-        except BaseException:
-            left = txn.rollback()  # raising here leaves the intent for the next session
-            for pool, pages in left.items():
-                state.journal.book(pool).unreleased += pages
-            state.journal.intent = None
-            recovery.forget_idle_pools(state)
-            state.journal_dirty = True
-            self.store.commit(state)
-            raise
-        return txn, grown
-
-    def _commit_or_undo(self, state: State, txn: PoolTxn, grow: dict[Pool, int],
-                        grown: dict[Pool, int], rec: Optional[GuestRecord]) -> None:
-        """Commit a grow; when the commit fails (a full or read-only state dir), put the
-        kernel back as it was and undo the books, so nothing stays allocated. (A kill leaves
-        the intent instead, which the next session resolves by the kernel's counts.)"""
-        try:
-            self.store.commit(state)
-        except Exception:
-            left = txn.rollback()
-            for pool, pages in grow.items():
-                book = state.journal.book(pool)
-                if rec is None:
-                    book.admin -= pages
-                else:
-                    book.guests -= pages
-                    rec.added[pool] = rec.added.get(pool, 0) - pages
-                    if rec.added[pool] <= 0:
-                        del rec.added[pool]
-                book.unreleased += left.get(pool, 0) - (grown.get(pool, pages) - pages)
-            state.journal_dirty = True
-            try:
-                self.store.commit(state)
-            except HugexmlError:
-                pass  # the journal on disk still holds the intent: resolved next time
-            raise
-
-    def _shrink(self, state: State, plan: dict[Pool, tuple[int, tuple[str, ...]]],
-                view: HostView, purpose: str) -> dict[str, int]:
-        if not plan:
-            return {}
-        state.journal.intent = Intent("shrink", purpose, None, self.clock(), os.getpid(), {
-            pool: IntentPool(view.pools[pool].persistent,
-                             view.pools[pool].persistent - pages, buckets)
-            for pool, (pages, buckets) in plan.items()})
-        state.journal_dirty = True
-        self.store.commit(state)
-        txn = PoolTxn(self.gateway, self.config, None, self.progress)
-        removed: dict[str, int] = {}
-        for pool, (pages, buckets) in sorted(plan.items()):
-            got = txn.shrink(pool[0], pool[1], pages, view.pools[pool])
-            if got:
-                removed[pool_key(pool)] = got
-                recovery.debit(state.journal.book(pool), buckets, got)
-        state.journal.intent = None
-        state.journal_dirty = True
-        return removed
-
-    def _give_back(self, state: State) -> dict[str, int]:
-        """Shrink pools by what hugexml owes back, as far as those pages are free and
-        unclaimed now."""
-        wants = {pool: book.unreleased for pool, book in state.journal.pools.items()
-                 if book.unreleased > 0}
-        if not wants:
-            return {}
-        view = self._view(state, {size for (_, size) in wants}, memory=False)
-        plan: dict[Pool, tuple[int, tuple[str, ...]]] = {}
-        for pool, want in wants.items():
-            if pool not in view.pools:
-                continue
-            keep = state.journal.pools[pool].expected - want
-            pages = releasable(view, pool[0], pool[1], want, keep)
-            if pages > 0:
-                plan[pool] = (pages, ("unreleased",))
-        return self._shrink(state, plan, view, "release")
-
-    def _check_admin_args(self, size_kib: int, count: int) -> None:
-        if count < 0 or count > MAX_ADMIN_PAGES:
-            raise InvalidInput(reason=f"page count {count} is out of range (0-{MAX_ADMIN_PAGES})")
-        sizes = tuple(self.gateway.page_sizes_kib())
-        if size_kib not in sizes:
-            raise error(UnsupportedPageSize, None, size_kib=size_kib,
-                        supported=", ".join(f"{s} KiB" for s in sizes) or "none")
-
-    @staticmethod
-    def _check_node(view: HostView, node: int, size_kib: int) -> None:
-        if (node, size_kib) not in view.pools:
-            from hugexml.units import format_nodeset
-
-            raise error(NoSuchHostNode, None, node=node, nodes=format_nodeset(list(view.nodes)))
-
-
-__all__ = ["Allocator", "find_guest", "guest_identity"]

@@ -37,7 +37,7 @@ STEPS = [
     "hugexml.ledger:Store.delete_guest", "hugexml.recovery:begin", "hugexml.recovery:sync",
     "hugexml.alloc:place", "hugexml.alloc:Allocator.reserve", "hugexml.alloc:Allocator.settle",
     "hugexml.alloc:Allocator.release", "hugexml.alloc:Allocator.reconcile",
-    "hugexml.txn:PoolTxn.grow", "hugexml.txn:PoolTxn.shrink", "hugexml.alloc:read_view",
+    "hugexml.txn:PoolTxn.grow", "hugexml.txn:PoolTxn.shrink", "hugexml.poolops:read_view",
 ]
 OPS = {"prepare": "gate", "started": "never-fail", "reconnect": "never-fail",
        "release": "never-fail", "restore": "filter", "migrate": "filter"}
