@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from hugexml.errors import InsufficientPages, MarginViolation
 from hugexml.fit import HostView, Margin, PoolState, place, resv_share
@@ -27,13 +27,14 @@ from hugexml.recovery import debit
 from hugexml.txn import read_pool, read_view
 
 if TYPE_CHECKING:  # pragma: no cover
+    from hugexml.gateway import Gateway
     from hugexml.ledger import State, Store
 
 SPLIT_FROM = ("unreleased", "kept")  # hugexml's own, not a live guest's: owed pages first
 
 
 class Demoter:
-    def __init__(self, gateway: Any, store: Store, clock: Callable[[], float]) -> None:
+    def __init__(self, gateway: Gateway, store: Store, clock: Callable[[], float]) -> None:
         self.gateway, self.store, self.clock = gateway, store, clock
         self.report: dict[str, int] = {}  # "node:size_kib" of the larger pool -> pages split
 

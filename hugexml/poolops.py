@@ -27,10 +27,11 @@ from hugexml.txn import PoolTxn, Progress, read_view
 
 if TYPE_CHECKING:  # pragma: no cover
     from hugexml.config import Config
+    from hugexml.gateway import Gateway
 
 
 class PoolOps:
-    def __init__(self, gateway: Any, state_dir: str, config: Config,
+    def __init__(self, gateway: Gateway, state_dir: str, config: Config,
                  clock: Callable[[], float] = time.time,
                  progress: Optional[Progress] = None) -> None:
         self.gateway = gateway

@@ -22,10 +22,11 @@ from hugexml.txn import read_pool
 
 if TYPE_CHECKING:  # pragma: no cover
     from hugexml.config import Config
+    from hugexml.gateway import Gateway
     from hugexml.ledger import State
 
 
-def begin(gateway: Any, state: State, config: Config, now: float) -> dict[str, Any]:
+def begin(gateway: Gateway, state: State, config: Config, now: float) -> dict[str, Any]:
     """The report of everything done (empty when the state was consistent)."""
     report: dict[str, Any] = {}
     if state.notes:
@@ -53,7 +54,7 @@ def begin(gateway: Any, state: State, config: Config, now: float) -> dict[str, A
 
 
 # --- unfinished pool changes -------------------------------------------------------------
-def recover_intent(gateway: Any, state: State, config: Config,
+def recover_intent(gateway: Gateway, state: State, config: Config,
                    now: float) -> Optional[dict[str, Any]]:
     """Resolve the intent of a pool change that never committed, by the kernel's counts,
     pool by pool: where it grew, the pages added are kept for their window (the retried
@@ -230,7 +231,7 @@ def end_keep_windows(state: State, now: float) -> dict[str, int]:
 
 
 # --- the books against the kernel --------------------------------------------------------
-def sync(gateway: Any, state: State) -> dict[str, Any]:
+def sync(gateway: Gateway, state: State) -> dict[str, Any]:
     """Compare every tracked pool with the kernel: more pages than the books explain join
     the baseline (someone else's, never freed); fewer are debited: owed pages first, then
     kept, guests' (newest records first), admin, baseline pages."""

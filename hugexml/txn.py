@@ -19,16 +19,17 @@ from hugexml.fit import HostView, Pool, PoolState, error
 
 if TYPE_CHECKING:  # pragma: no cover
     from hugexml.config import Config
+    from hugexml.gateway import Gateway
 
 Progress = Callable[[str], None]
 
 
-def read_pool(gateway: Any, node: int, size_kib: int) -> PoolState:
+def read_pool(gateway: Gateway, node: int, size_kib: int) -> PoolState:
     pool = gateway.node_pool(node, size_kib)
     return PoolState(persistent=pool.nr - pool.surplus, free=pool.free, surplus=pool.surplus)
 
 
-def read_view(gateway: Any, sizes_kib: Any, memory: bool = True) -> HostView:
+def read_view(gateway: Gateway, sizes_kib: Any, memory: bool = True) -> HostView:
     """The kernel's counters for ``sizes_kib`` on every node (claims are the caller's)."""
     nodes = tuple(sorted(gateway.nodes())) or (0,)
     view = HostView(nodes=nodes, pools={})
@@ -46,7 +47,7 @@ def read_view(gateway: Any, sizes_kib: Any, memory: bool = True) -> HostView:
     return view
 
 
-def buddy_picture(gateway: Any, node: int, size_kib: int) -> str:
+def buddy_picture(gateway: Gateway, node: int, size_kib: int) -> str:
     """One line: the node's free blocks of the top orders and the pages buddyinfo predicts."""
     try:
         from hugexml.host import predict_allocatable
@@ -66,7 +67,7 @@ def buddy_picture(gateway: Any, node: int, size_kib: int) -> str:
             f"predicted allocatable without compaction: {predicted}")
 
 
-def predicted_allocatable(gateway: Any, node: int, size_kib: int,
+def predicted_allocatable(gateway: Gateway, node: int, size_kib: int,
                           buddy: dict[int, dict[str, list[int]]]) -> tuple[int, bool]:
     """(pages, from_buddyinfo): how many ``size_kib`` pages the node could add now. From the
     free buddy blocks (DMA zone left out) when the page fits the largest order; above it (1G
@@ -83,7 +84,7 @@ def predicted_allocatable(gateway: Any, node: int, size_kib: int,
 
 
 class PoolTxn:
-    def __init__(self, gateway: Any, config: Config, domain: Optional[str],
+    def __init__(self, gateway: Gateway, config: Config, domain: Optional[str],
                  progress: Optional[Progress] = None,
                  monotonic: Callable[[], float] = time.monotonic,
                  relieve: Optional[Callable[[int, int, int], int]] = None) -> None:
