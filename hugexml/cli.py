@@ -10,11 +10,11 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from hugexml import __version__
 from hugexml.errors import HugexmlError
 from hugexml.root import HostRoot, config_from_env, state_dir_from_env
+from hugexml.typed import Typed
 
 # command name -> module under hugexml.commands
 COMMANDS: dict[str, str] = {
@@ -36,8 +36,7 @@ COMMANDS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Context:
+class Context(Typed, frozen=True):
     root: HostRoot
     state_dir: str
     config_path: str

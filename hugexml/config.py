@@ -8,11 +8,11 @@ silently changes how pools are handled on a hypervisor.
 from __future__ import annotations
 
 import configparser
-import re
-from dataclasses import dataclass
 from typing import Callable
 
 from hugexml.errors import ConfigError
+from hugexml.lazyre import pattern
+from hugexml.typed import Typed
 from hugexml.units import MAX_NODES, UnitError, parse_cli_size_kib, parse_duration_s
 
 MAX_CONFIG_BYTES = 64 * 1024
@@ -70,11 +70,10 @@ DEFAULT_CONFIG_TEXT = """\
 #log = syslog
 """
 
-_RESERVE_ITEM = re.compile(r"[0-9]+[KMGkmg]?[iI]?[bB]?:[0-9]{1,19}(@[0-9]{1,4})?\Z")
+_RESERVE_ITEM = pattern(r"[0-9]+[KMGkmg]?[iI]?[bB]?:[0-9]{1,19}(@[0-9]{1,4})?\Z")
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Typed, frozen=True):
     """hugexml.conf as values; ``keep_window_s`` answers the keep window of a page size."""
 
     margin_min_kib: int = 1024 * 1024

@@ -14,7 +14,6 @@ intent before the write, so a kill at any point is resolved by the kernel's coun
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Callable, Optional
@@ -25,6 +24,7 @@ from hugexml.model import DemandItem
 from hugexml.records import Intent, IntentPool, Pool
 from hugexml.recovery import debit
 from hugexml.txn import read_pool, read_view
+from hugexml.typed import Typed, field, replace
 
 if TYPE_CHECKING:  # pragma: no cover
     from hugexml.gateway import Gateway
@@ -119,14 +119,13 @@ class Demoter:
 
 
 # --- relief for a start the margin or the pools refuse --------------------------------------
-@dataclasses.dataclass
-class Relief:
+class Relief(Typed):
     """What hugexml frees on a node so that a start fits: larger owned pages split into the
     size wanted, ``splits[(node, big, small)] = k``, and kept pages of other sizes given
     back at once, ``give_back[pool] = pages``."""
 
-    splits: dict[tuple[int, int, int], int] = dataclasses.field(default_factory=dict)
-    give_back: dict[Pool, int] = dataclasses.field(default_factory=dict)
+    splits: dict[tuple[int, int, int], int] = field(default_factory=dict)
+    give_back: dict[Pool, int] = field(default_factory=dict)
 
     def applied_to(self, view: HostView) -> HostView:
         """The view as it would be after this relief (pure)."""
@@ -140,7 +139,7 @@ class Relief:
                                                  pool.surplus)
         for (node, size), pages in self.give_back.items():
             mem_free[node] = mem_free.get(node, 0) + pages * size
-        return dataclasses.replace(view, pools=pools, mem_free_kib=mem_free)
+        return replace(view, pools=pools, mem_free_kib=mem_free)
 
 
 def fits(items: Sequence[DemandItem], view: HostView, margin: Margin) -> bool:

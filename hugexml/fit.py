@@ -12,7 +12,6 @@ as on most hosts, it is exact.)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hugexml.errors import (
@@ -23,13 +22,13 @@ from hugexml.errors import (
     UnsupportedPageSize,
 )
 from hugexml.model import DemandItem
+from hugexml.typed import Typed, field
 from hugexml.units import format_nodeset
 
 Pool = tuple[int, int]  # (node, size_kib)
 
 
-@dataclass(frozen=True)
-class PoolState:
+class PoolState(Typed, frozen=True):
     """One node's pool of one size. ``persistent`` = nr_hugepages - surplus_hugepages."""
 
     persistent: int
@@ -37,8 +36,7 @@ class PoolState:
     surplus: int = 0
 
 
-@dataclass
-class HostView:
+class HostView(Typed):
     nodes: tuple[int, ...]
     pools: dict[Pool, PoolState]
     resv: dict[int, int] = field(default_factory=dict)  # size_kib -> global resv
@@ -47,8 +45,7 @@ class HostView:
     claims: dict[Pool, int] = field(default_factory=dict)  # pending claims (of others)
 
 
-@dataclass(frozen=True)
-class Margin:
+class Margin(Typed, frozen=True):
     """Normal memory a node must keep: max(min_kib, percent % of the node's MemTotal)."""
 
     min_kib: int
@@ -58,8 +55,7 @@ class Margin:
         return max(int(self.min_kib), int(mem_total_kib * self.percent / 100.0))
 
 
-@dataclass
-class Placement:
+class Placement(Typed):
     claims: dict[Pool, int] = field(default_factory=dict)  # pages promised, per pool
     grow: dict[Pool, int] = field(default_factory=dict)  # pages to add, per pool
 

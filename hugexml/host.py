@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import errno as errno_mod
 import os
-import re
 from typing import NamedTuple, Optional
 
 from hugexml.errors import HostError, InvalidInput
+from hugexml.lazyre import pattern
 from hugexml.root import HostRoot
 from hugexml.units import MAX_NODES
 
@@ -44,12 +44,12 @@ DROP_CACHES_LEVELS = (1, 2, 3)
 MAX_COUNTER = (1 << 64) - 1
 MAX_BUDDY_ORDERS = 64  # x86 has 11 (orders 0-10); more columns than this is not buddyinfo
 
-_SIZE_DIR = re.compile(r"hugepages-([0-9]+)kB\Z")
-_NODE_DIR = re.compile(r"node([0-9]+)\Z")
-_BUDDY_LINE = re.compile(r"Node\s+([0-9]+),\s*zone\s+(\S+)((?:\s+[0-9]+)*)\s*\Z")
-_MEMINFO_LINE = re.compile(r"(?:Node\s+[0-9]+\s+)?([A-Za-z0-9_()]+):\s+([0-9]+)(?:\s+kB)?\s*\Z")
-_THP_WORD = re.compile(r"\[([a-z_+-]+)\]")
-_COUNTER = re.compile(r"[0-9]{1,20}\Z")
+_SIZE_DIR = pattern(r"hugepages-([0-9]+)kB\Z")
+_NODE_DIR = pattern(r"node([0-9]+)\Z")
+_BUDDY_LINE = pattern(r"Node\s+([0-9]+),\s*zone\s+(\S+)((?:\s+[0-9]+)*)\s*\Z")
+_MEMINFO_LINE = pattern(r"(?:Node\s+[0-9]+\s+)?([A-Za-z0-9_()]+):\s+([0-9]+)(?:\s+kB)?\s*\Z")
+_THP_WORD = pattern(r"\[([a-z_+-]+)\]")
+_COUNTER = pattern(r"[0-9]{1,20}\Z")
 
 
 class NodePool(NamedTuple):

@@ -5,14 +5,14 @@ Uses only ``os``: the hook imports this on its hot path.
 from __future__ import annotations
 
 import os
-import re
 
 from hugexml.errors import HostError
+from hugexml.lazyre import pattern
 from hugexml.model import HostInfo
 from hugexml.root import HostRoot
 
-_SIZE_DIR = re.compile(r"hugepages-([0-9]+)kB\Z")
-_NODE_DIR = re.compile(r"node([0-9]+)\Z")
+_SIZE_DIR = pattern(r"hugepages-([0-9]+)kB\Z")
+_NODE_DIR = pattern(r"node([0-9]+)\Z")
 
 
 def _listdir(path: str) -> list[str]:

@@ -32,12 +32,12 @@ import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from hugexml import records as rc
 from hugexml.errors import LedgerError, LockTimeout
 from hugexml.records import GuestRecord, Journal, Pool, RecordError
+from hugexml.typed import Typed, field
 
 JOURNAL_FILE = "host.json"
 GUESTS_DIR = "guests"
@@ -52,8 +52,7 @@ MAX_GUESTS = 4096
 MAX_QUARANTINED = 64
 
 
-@dataclass
-class State:
+class State(Typed):
     """Everything the store holds, as loaded, and what a commit must write.
 
     ``notes``: what loading dropped or moved aside, one line each. ``dirty``: guest records

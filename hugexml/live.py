@@ -8,18 +8,17 @@ record its record back, and releases records of guests that no longer run.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from hugexml.errors import HugexmlError
 from hugexml.records import DemandRow, Pool
 from hugexml.root import HostRoot
+from hugexml.typed import Typed
 
 LIBVIRT_STATUS_DIR = "run/libvirt/qemu"
 
 
-@dataclass(frozen=True)
-class LiveGuest:
+class LiveGuest(Typed, frozen=True):
     name: str
     uuid: Optional[str]
     pid: Optional[int]

@@ -5,8 +5,9 @@ fills ``HostInfo`` from sysfs, ``hugexml.plan`` turns both into a ``Plan``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from hugexml.typed import Typed
 
 SYSTEM_PAGE_KIB = 4
 
@@ -15,16 +16,14 @@ SOURCES = ("file", "memfd", "anonymous")
 MEMORY_DEVICE_MODELS = ("dimm", "virtio-mem", "nvdimm", "virtio-pmem", "sgx-epc")
 
 
-@dataclass(frozen=True)
-class PageSpec:
+class PageSpec(Typed, frozen=True):
     """One ``<hugepages><page>``: size (None for bare ``<hugepages/>``) and guest cells."""
 
     size_kib: Optional[int]
     guest_cells: Optional[frozenset[int]] = None  # None: no nodeset (master size)
 
 
-@dataclass(frozen=True)
-class Cell:
+class Cell(Typed, frozen=True):
     cell_id: int
     memory_kib: int
     mem_access: Optional[str] = None  # 'shared' | 'private' | None
@@ -33,8 +32,7 @@ class Cell:
     cache_levels: tuple[int, ...] = ()  # HMAT <cache level>, in document order
 
 
-@dataclass(frozen=True)
-class Interconnect:
+class Interconnect(Typed, frozen=True):
     """An HMAT ``<interconnects>`` ``<latency>`` or ``<bandwidth>``."""
 
     kind: str  # 'latency' | 'bandwidth'
@@ -44,15 +42,13 @@ class Interconnect:
     access_type: str
 
 
-@dataclass(frozen=True)
-class MemNode:
+class MemNode(Typed, frozen=True):
     cell_id: int
     mode: str
     nodeset: frozenset[int]
 
 
-@dataclass(frozen=True)
-class NumaTune:
+class NumaTune(Typed, frozen=True):
     """libvirt's numatune after parsing: ``mode`` None means no ``<memory>`` binding (libvirt's
     ``memory.specified`` is false); ``placement='auto'`` also comes from ``<vcpu
     placement='auto'>``, and then ``nodeset`` is None."""
@@ -63,8 +59,7 @@ class NumaTune:
     memnodes: tuple[MemNode, ...] = ()
 
 
-@dataclass(frozen=True)
-class MemoryDevice:
+class MemoryDevice(Typed, frozen=True):
     model: str
     index: int  # document order among memory devices
     size_kib: int
@@ -86,8 +81,7 @@ class MemoryDevice:
     base: Optional[int] = None  # dimm address
 
 
-@dataclass(frozen=True)
-class Domain:
+class Domain(Typed, frozen=True):
     name: str
     uuid: Optional[str]
     memory_kib: int  # <memory> as written (0 when absent)
@@ -130,8 +124,7 @@ class Domain:
         return self.total_memory_kib - sum(d.size_kib for d in self.memory_devices)
 
 
-@dataclass(frozen=True)
-class HostInfo:
+class HostInfo(Typed, frozen=True):
     """What the plan needs to know of a host. ``nodes`` empty: no NUMA information."""
 
     default_page_kib: Optional[int]
@@ -142,8 +135,7 @@ class HostInfo:
     auto_nodes: Optional[tuple[int, ...]] = None
 
 
-@dataclass(frozen=True)
-class Consumer:
+class Consumer(Typed, frozen=True):
     kind: str  # 'cell', 'memory', or a memory device model
     guest_cell: Optional[int]
     index: Optional[int]
@@ -170,8 +162,7 @@ class Consumer:
         }
 
 
-@dataclass(frozen=True)
-class DemandItem:
+class DemandItem(Typed, frozen=True):
     page_size_kib: int
     host_nodes: Optional[tuple[int, ...]]
     pages: int
@@ -186,12 +177,11 @@ class DemandItem:
         }
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(Typed, frozen=True):
     domain: str
     uuid: Optional[str]
     consumers: tuple[Consumer, ...]
-    demand: tuple[DemandItem, ...] = field(default=())
+    demand: tuple[DemandItem, ...] = ()
     keep_s: Optional[float] = None  # the guest's own keep window (Domain.keep_s)
 
     @property
@@ -216,8 +206,7 @@ class Plan:
         }
 
 
-@dataclass(frozen=True)
-class GuestId:
+class GuestId(Typed, frozen=True):
     name: str
     uuid: Optional[str] = None
 

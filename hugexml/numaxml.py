@@ -8,11 +8,11 @@ checks of domain_conf.c ``virDomainDefParseXML``. Every failure is a ``units.Uni
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Optional
 
 from hugexml import xmlread
 from hugexml.model import Cell, Interconnect, MemNode, NumaTune
+from hugexml.typed import replace
 from hugexml.units import UnitError
 
 X_NUMA = "cpu/numa"

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from hugexml.errors import HostError, MissingDependency
+from hugexml.typed import Typed
 
 PREFIX = "hugexml"
 POOL_LABELS = ("node", "page_size_kib")
 
 
-@dataclass(frozen=True)
-class Family:
+class Family(Typed, frozen=True):
     name: str
     help: str
     key: str  # normalized field of a pool row

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hugexml.errors import InvalidDomain, MountMissing
 from hugexml.model import Domain, MemNode, MemoryDevice
 from hugexml.qemuxml import DomainExtras
+from hugexml.typed import Typed
 
 CELL_ALIGN_KIB = 1024
 MODULE_ALIGN_KIB = 2048
@@ -37,8 +37,7 @@ DEVICE_DRIVERS = {
 }
 
 
-@dataclass(frozen=True)
-class QemuEnv:
+class QemuEnv(Typed, frozen=True):
     """What the host provides. ``mounts``: page size KiB -> hugetlbfs mount point."""
 
     mounts: Mapping[int, str]
@@ -57,8 +56,7 @@ class QemuEnv:
     thread_context: bool = False
 
 
-@dataclass(frozen=True)
-class Backend:
+class Backend(Typed, frozen=True):
     id: str
     qom_type: str  # memory-backend-file | memory-backend-memfd | memory-backend-ram
     size_bytes: int
@@ -114,15 +112,13 @@ class Backend:
                 "node-affinity": list(self.host_nodes or ())}
 
 
-@dataclass(frozen=True)
-class NumaNode:
+class NumaNode(Typed, frozen=True):
     node_id: int
     cpus: tuple[str, ...]  # ranges: ('0-3', '8-11')
     memdev: str
 
 
-@dataclass(frozen=True)
-class DeviceArg:
+class DeviceArg(Typed, frozen=True):
     driver: str
     id: str
     memdev: str
@@ -130,8 +126,7 @@ class DeviceArg:
     props: tuple[tuple[str, Any], ...] = ()
 
 
-@dataclass(frozen=True)
-class QemuMemory:
+class QemuMemory(Typed, frozen=True):
     memory_kib: int
     slots: Optional[int]
     max_memory_kib: Optional[int]
@@ -139,7 +134,7 @@ class QemuMemory:
     numa: tuple[NumaNode, ...] = ()
     devices: tuple[DeviceArg, ...] = ()
     machine_backend: Optional[str] = None  # 'pc.ram' for a guest without cells
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()
 
 
 def align_up(value_kib: int, align_kib: int) -> int:

@@ -8,23 +8,21 @@ free slot, as qemuDomainAssignMemorySlots), other models count per model. Pure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Optional
 
 from hugexml.model import Domain
+from hugexml.typed import Typed, field
 from hugexml.units import format_nodeset
 from hugexml.validate import cell_cpus
 
 
-@dataclass(frozen=True)
-class MemoryExtras:
+class MemoryExtras(Typed, frozen=True):
     model: str
     alias_index: int
     slot: Optional[int] = None
 
 
-@dataclass(frozen=True)
-class DomainExtras:
+class DomainExtras(Typed, frozen=True):
     cell_cpus: dict[int, tuple[str, ...]] = field(default_factory=dict)
     memory: tuple[MemoryExtras, ...] = ()
 

@@ -17,10 +17,10 @@ Pools are ``(node, size_kib)`` in memory and ``"node:size_kib"`` on disk; counts
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from hugexml.lazyre import pattern
+from hugexml.typed import Typed, field
 from hugexml.units import MAX_NODES
 
 Pool = tuple[int, int]  # (node, size_kib)
@@ -39,9 +39,9 @@ INTENT_OPS = ("grow", "shrink")
 SHRINK_BUCKETS = ("unreleased", "kept", "admin", "baseline")
 POLICIES = ("strict", "preferred", "interleave", "restrictive")
 
-_POOL_KEY = re.compile(r"([0-9]{1,4}):([0-9]{1,10})\Z")
-_HEX32 = re.compile(r"[0-9a-f]{32}\Z")
-_KEY = re.compile(r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_POOL_KEY = pattern(r"([0-9]{1,4}):([0-9]{1,10})\Z")
+_HEX32 = pattern(r"[0-9a-f]{32}\Z")
+_KEY = pattern(r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
                   r"|name-[0-9a-f]{32})\Z")
 
 
@@ -164,8 +164,7 @@ def _dump_counts(counts: dict[Pool, int]) -> dict[str, int]:
 
 
 # --- guests ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DemandRow:
+class DemandRow(Typed, frozen=True):
     page_size_kib: int
     pages: int
     host_nodes: Optional[tuple[int, ...]]
@@ -192,8 +191,7 @@ class DemandRow:
                    _int(raw.get("pages"), f"{where}.pages"), nodes, policy)
 
 
-@dataclass
-class GuestRecord:
+class GuestRecord(Typed):
     key: str
     name: str
     uuid: Optional[str]
@@ -265,16 +263,14 @@ class GuestRecord:
 
 
 # --- the host journal --------------------------------------------------------------------
-@dataclass
-class KeptLot:
+class KeptLot(Typed):
     """Pages kept in a pool after their guest stopped, until ``until`` (None: for ever)."""
 
     pages: int
     until: Optional[float]
 
 
-@dataclass
-class PoolBook:
+class PoolBook(Typed):
     baseline: int = 0     # pages not hugexml's: found before its first change, or added by others
     admin: int = 0        # pages added by `hugexml allocate`
     guests: int = 0       # pages added for guests: the sum of their records' `added`
@@ -323,15 +319,13 @@ class PoolBook:
                    kept=[lot for lot in kept if lot.pages])
 
 
-@dataclass
-class IntentPool:
+class IntentPool(Typed):
     before: int
     target: int
     buckets: tuple[str, ...] = ()  # shrink: the order pages leave the books
 
 
-@dataclass
-class Intent:
+class Intent(Typed):
     """A pool change between its first kernel write and its commit."""
 
     op: str
@@ -380,8 +374,7 @@ class Intent:
                    _int(pid, "intent.pid", 1 << 22), pools)
 
 
-@dataclass
-class Journal:
+class Journal(Typed):
     boot_id: str = ""
     pools: dict[Pool, PoolBook] = field(default_factory=dict)
     intent: Optional[Intent] = None

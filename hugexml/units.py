@@ -8,18 +8,18 @@ e), a bare letter or the ``iB`` suffix means a power of 1024 and the ``B`` suffi
 """
 from __future__ import annotations
 
-import re
+from hugexml.lazyre import pattern
 
 MAX_BYTES = 2**64 - 1
 MAX_KIB = MAX_BYTES // 1024
 # The kernel's MAX_NUMNODES is at most 1 << CONFIG_NODES_SHIFT (10): node ids are < 1024.
 MAX_NODES = 1024
 _POWERS = "kmgtpe"
-_NUMBER = re.compile(r"\s*\+?([0-9]{1,25})\s*\Z")
+_NUMBER = pattern(r"\s*\+?([0-9]{1,25})\s*\Z")
 # ASCII only (str.isdigit() takes superscripts, Arabic-Indic digits), <= 25 digits
 # (int() refuses more than 4300)
-_DIGITS = re.compile(r"\s*[0-9]{1,25}\s*\Z")
-_CLI_SIZE = re.compile(r"\s*([0-9]{1,25})\s*([A-Za-z]*)\s*\Z")
+_DIGITS = pattern(r"\s*[0-9]{1,25}\s*\Z")
+_CLI_SIZE = pattern(r"\s*([0-9]{1,25})\s*([A-Za-z]*)\s*\Z")
 
 
 class UnitError(ValueError):
@@ -142,7 +142,7 @@ def _clip(text: str | None, width: int = 40) -> str:
 
 # --- durations -----------------------------------------------------------------------------
 MAX_DURATION_S = 30 * 24 * 3600
-_DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,3})?)([smhd]?)\Z")
+_DURATION = pattern(r"([0-9]{1,9}(?:\.[0-9]{1,3})?)([smhd]?)\Z")
 _UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 

@@ -11,25 +11,24 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hugexml.errors import HostError, HugexmlError
+from hugexml.lazyre import pattern
 from hugexml.root import HostRoot
+from hugexml.typed import Typed, field
 
 LIBVIRT_STATUS_DIR = "run/libvirt/qemu"
 MAX_NUMA_MAPS_BYTES = 64 * 1024 * 1024
-_QEMU_BINARY = re.compile(r"(qemu-system-[A-Za-z0-9_]+|qemu-kvm|kvm)\Z")
-_NODE_COUNT = re.compile(r"N([0-9]{1,4})=([0-9]{1,20})\Z")
-_PAGE_SIZE = re.compile(r"kernelpagesize_kB=([0-9]{1,12})\Z")
+_QEMU_BINARY = pattern(r"(qemu-system-[A-Za-z0-9_]+|qemu-kvm|kvm)\Z")
+_NODE_COUNT = pattern(r"N([0-9]{1,4})=([0-9]{1,20})\Z")
+_PAGE_SIZE = pattern(r"kernelpagesize_kB=([0-9]{1,12})\Z")
 
 Mapped = dict[tuple[int, int], int]  # (host node, page size KiB) -> pages
 
 
-@dataclass
-class GuestUsage:
+class GuestUsage(Typed):
     name: str
     pid: int
     uuid: Optional[str]

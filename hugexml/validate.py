@@ -12,11 +12,11 @@ docs/libvirt-validation.md.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Optional
 
 from hugexml.errors import InvalidDomain
 from hugexml.model import Domain, MemoryDevice, PageSpec
+from hugexml.typed import replace
 
 THP_KIB = 2048  # virHostMemGetTHPSize's fallback, and x86's THP size
 CELL_ALIGN_KIB = 1024  # qemuDomainGetMemorySizeAlignment (x86)

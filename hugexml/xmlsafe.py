@@ -9,12 +9,13 @@ import re
 from typing import Any
 
 from hugexml.errors import InvalidXML
+from hugexml.lazyre import pattern
 
 MAX_XML_BYTES = 16 * 1024 * 1024
 # The prolog up to a DOCTYPE: XML declaration, whitespace, comments and PIs. A DOCTYPE is
 # refused before libxml2 sees it, because libxml2 loads external *parameter* entities
 # even with load_dtd=False (a DTD naming file:///dev/zero would hang the hook).
-_DOCTYPE_IN_PROLOG = re.compile(
+_DOCTYPE_IN_PROLOG = pattern(
     rb"\A(?:\xef\xbb\xbf)?(?:\s|<\?.*?\?>|<!--.*?-->)*<!DOCTYPE", re.S)
 
 

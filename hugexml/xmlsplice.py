@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 from lxml import etree
 
-_TOKEN = re.compile(
+from hugexml.lazyre import pattern
+from hugexml.typed import Typed
+
+_TOKEN = pattern(
     rb"<(?:"
     rb"!--.*?-->"  # comment
     rb"|!\[CDATA\[.*?\]\]>"  # CDATA section
@@ -29,9 +31,9 @@ _TOKEN = re.compile(
     rb"|(!))",  # 5: <!DOCTYPE ...: never in domain XML (xmlsafe refuses it)
     re.S,
 )
-_START = re.compile(rb"<(?:!--.*?-->|!\[CDATA\[.*?\]\]>|\?.*?\?>|([^/!?]))", re.S)
-_ATTR = re.compile(rb"([^\s=/>]+)\s*=\s*(\"([^\"]*)\"|'([^']*)')")
-_INLINE_TRAILER = re.compile(rb"(?:[ \t]+|<!--.*?-->)*(?=\r?\n)", re.S)
+_START = pattern(rb"<(?:!--.*?-->|!\[CDATA\[.*?\]\]>|\?.*?\?>|([^/!?]))", re.S)
+_ATTR = pattern(rb"([^\s=/>]+)\s*=\s*(\"([^\"]*)\"|'([^']*)')")
+_INLINE_TRAILER = pattern(rb"(?:[ \t]+|<!--.*?-->)*(?=\r?\n)", re.S)
 
 # A new element to write: (tag, [(attribute, value), ...], [children]).
 NewElement = tuple[str, Sequence[tuple[str, str]], Sequence[Any]]
@@ -136,8 +138,7 @@ def bind(root: Any, data: bytes) -> SpanMap:
     return SpanMap(root, data)
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(Typed, frozen=True):
     """How the document writes itself: line ending, one indentation step, attribute quote."""
 
     newline: bytes = b"\n"

@@ -1,13 +1,13 @@
 """Helpers shared by the allocator's tests: config, plans, kernels."""
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Optional
 
 import pytest
 
 from hugexml.model import DemandItem, GuestId, Plan
+from hugexml.typed import replace
 
 M2 = 2048
 G1 = 1048576
@@ -21,7 +21,7 @@ def make_config(**over: Any) -> Any:
 
     base = load_config("/nonexistent/hugexml.conf", False)
     over.setdefault("keep_for", ())
-    return dataclasses.replace(base, **over)
+    return replace(base, **over)
 
 
 def plan(name: str, *items: tuple, uuid: Optional[str] = None) -> Plan:

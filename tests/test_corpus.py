@@ -11,6 +11,7 @@ from paths import ACCEPTED_BY_9_0, CORPUS, REFUSED_BY_9_0, corpus_xml
 
 from hugexml.model import HostInfo
 from hugexml.plan import plan_xml
+from hugexml.typed import replace
 
 HOST = HostInfo(default_page_kib=2048, page_sizes_kib=(2048, 1048576), nodes=(0, 1, 2, 3),
                 auto_nodes=(0, 1, 2, 3))
@@ -97,11 +98,10 @@ def test_args_case(args_path: Path) -> None:
                                         ("hugepages-numa-nodeset", "cell")])
 def test_a_dropped_consumer_is_caught(name: str, kind: str) -> None:
     """The reverse check can fail: a plan missing one device/cell does not match the .args."""
-    import dataclasses
 
     plan = plan_xml(corpus_xml(name), HOST, name)
     last = max(i for i, c in enumerate(plan.consumers) if c.kind == kind)
-    dropped = dataclasses.replace(
+    dropped = replace(
         plan, consumers=plan.consumers[:last] + plan.consumers[last + 1:])
     args_text = next(CORPUS.glob(name + ".*.args")).read_text()
     check_plan_against_args(plan, args_text)
