@@ -12,8 +12,6 @@ or takes a pool below its baseline plus admin pages plus other guests' pages.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
-
 from hugexml import recovery
 from hugexml.admin import AdminOps
 from hugexml.demote import Relief, least_relief
@@ -32,7 +30,10 @@ from hugexml.records import (
     pool_key,
 )
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Optional
+
     from hugexml.live import LiveGuest
     from hugexml.model import Plan
 
@@ -61,19 +62,23 @@ def find_guest(state: State, guest: GuestId) -> Optional[str]:
         rec = guests.get(uuid)
         if rec is not None:
             return uuid if rec.name == guest.name else None
-        by_name = _name_key(guest.name)
+        by_name = _name_key(guest.name, state)
         return by_name if by_name in guests else None
     as_uuid = normalize_uuid(guest.name)
     if as_uuid is not None and as_uuid in guests:
         return as_uuid
-    by_name = _name_key(guest.name)
+    by_name = _name_key(guest.name, state)
     if by_name in guests:
         return by_name
     named = [k for k, r in guests.items() if r.name == guest.name]
     return named[0] if len(named) == 1 else None
 
 
-def _name_key(name: str) -> Optional[str]:
+def _name_key(name: str, state: State) -> Optional[str]:
+    """The record key of a guest recorded without a uuid, when such records exist at all
+    (the digest is not computed, and hashlib not imported, on a host without them)."""
+    if not any(key.startswith("name-") for key in state.guests):
+        return None
     try:
         return guest_key(name, None)
     except RecordError:
@@ -200,7 +205,7 @@ class Allocator(AdminOps):
         if rec is not None and rec.name != name:
             raise GuestConflict(domain=name, uuid=uuid, other=rec.name, state=rec.state)
         if rec is None and uuid is not None:
-            old = _name_key(name)
+            old = _name_key(name, state)
             if old is not None and old in state.guests:
                 rec = state.remove(old)
                 if rec is not None:

@@ -8,12 +8,15 @@ silently changes how pools are handled on a hypervisor.
 from __future__ import annotations
 
 import configparser
-from typing import Callable
 
 from hugexml.errors import ConfigError
 from hugexml.lazyre import pattern
 from hugexml.typed import Typed
 from hugexml.units import MAX_NODES, UnitError, parse_cli_size_kib, parse_duration_s
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Callable
 
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_SECONDS = 24 * 3600

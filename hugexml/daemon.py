@@ -25,12 +25,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Optional
 
 from hugexml.errors import ConfigError
 from hugexml.mounts import Mount, list_mounts, record_for
 from hugexml.root import HostRoot
+from hugexml.typed import Typed
 from hugexml.units import format_kib
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Optional
 
 DAEMONS = ("virtqemud", "libvirtd")
 PIDFILES = ("run/virtqemud.pid", "run/libvirtd.pid")
@@ -40,7 +44,7 @@ MAX_CONF_BYTES = 1 << 20
 MEMFD_HINT = "or use <source type='memfd'/> which needs no mount"
 
 
-class Daemon(NamedTuple):
+class Daemon(Typed, frozen=True):
     pid: int
     name: str
     started: float  # epoch seconds
@@ -232,7 +236,7 @@ def allowed_mounts(mounts: Sequence[Mount], setting: Optional[list[str]]) -> lis
 
 
 # --- visibility --------------------------------------------------------------------------
-class Judgement(NamedTuple):
+class Judgement(Typed, frozen=True):
     visible: bool
     signal: str  # which evidence decided
 

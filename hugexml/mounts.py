@@ -23,12 +23,16 @@ import errno
 import os
 import re
 import time
-from typing import Any, NamedTuple, Optional
 
 from hugexml.errors import HostError, InvalidInput
 from hugexml.hostinfo import read_default_page_kib, read_page_sizes_kib
 from hugexml.root import HostRoot
+from hugexml.typed import Typed
 from hugexml.units import UnitError, format_kib, to_kib
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Optional
 
 RECORD_FILE = "mounts.json"
 RECORD_VERSION = 1
@@ -41,10 +45,8 @@ _OCTAL = r"\\([0-7]{3})"
 _PAGESIZE = r"\s*([0-9]{1,20})\s*([kKmMgGtTpPeE]?)"
 
 
-class Mount(NamedTuple):
-    """One hugetlbfs mount: host path (unescaped), page size, the option string.
-
-    NamedTuples, not dataclasses, in the modules the hook loads: ~10x cheaper to define."""
+class Mount(Typed, frozen=True):
+    """One hugetlbfs mount: host path (unescaped), page size, the option string."""
 
     path: str
     page_size_kib: int
@@ -192,7 +194,7 @@ def record_for(root: HostRoot, state_dir: str, mount: Mount) -> Optional[dict[st
 
 
 # --- making and removing mounts ----------------------------------------------------------
-class MountPlan(NamedTuple):
+class MountPlan(Typed, frozen=True):
     size_kib: int
     path: str  # host path
     options: str

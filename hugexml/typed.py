@@ -106,6 +106,10 @@ class Typed:
             raise AttributeError(f"{type(self).__name__} is frozen: cannot delete {name!r}")
         object.__delattr__(self, name)
 
+    def __iter__(self) -> Any:
+        """The values in field order: ``nr, free, surplus = pool`` (as a named tuple)."""
+        return iter(self._values())
+
     def _values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in self.__fields__)
 

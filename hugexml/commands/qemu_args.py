@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Optional
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Optional
 
 HELP = "print the qemu memory arguments (-m, -mem-path or -object/-numa) for a domain XML"
 EPILOG = """examples:

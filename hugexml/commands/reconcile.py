@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
 
 HELP = ("finish interrupted changes, rebuild lost claims of running guests, release claims "
         "of guests that stopped, give back owed free pages")
