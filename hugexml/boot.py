@@ -111,6 +111,44 @@ def kernel_params(specs: Sequence[ReserveSpec], default_kib: Optional[int] = Non
     return params
 
 
+def cmdline_specs(tokens: Sequence[str], default_kib: Optional[int]) -> list[ReserveSpec]:
+    """What a kernel command line asks for, as the kernel reads it (hugepages_setup): each
+    ``hugepages=`` counts for the ``hugepagesz=`` before it, or the default size when none
+    came first; ``N`` for the whole host, ``NODE:N,...`` per node. Malformed values are
+    skipped (the kernel ignores them too)."""
+    size_kib, out = default_kib, []
+    for token in tokens:
+        key, _, value = token.partition("=")
+        if key == "hugepagesz":
+            try:
+                size_kib = parse_cli_size_kib(value)
+            except UnitError:
+                size_kib = None
+        elif key == "hugepages" and size_kib is not None:
+            if re.fullmatch(r"[0-9]{1,12}", value):
+                out.append(ReserveSpec(size_kib, int(value)))
+            elif re.fullmatch(r"[0-9]{1,5}:[0-9]{1,12}(,[0-9]{1,5}:[0-9]{1,12})*", value):
+                for pair in value.split(","):
+                    node, count = pair.split(":")
+                    out.append(ReserveSpec(size_kib, int(count), int(node)))
+    return out
+
+
+def shortfalls(asks: Sequence[tuple[ReserveSpec, str]],
+               persistent: Callable[[int, Optional[int]], int]) -> tuple[list[str], list[str]]:
+    """Each boot-time ask against what the kernel has now (``persistent(size_kib, node)``:
+    persistent pages of a node, or of the whole host for None): (short, met) lines such as
+    ``node 3 1G: 1 of 2 (kernel command line)``. Pure."""
+    short: list[str] = []
+    met: list[str] = []
+    for spec, source in asks:
+        have = persistent(spec.size_kib, spec.node)
+        where = "all nodes" if spec.node is None else f"node {spec.node}"
+        line = f"{where} {format_kib(spec.size_kib)}: {have} of {spec.count} ({source})"
+        (short if have < spec.count else met).append(line)
+    return short, met
+
+
 def strip_hugetlb(tokens: Sequence[str]) -> list[str]:
     return [t for t in tokens if t.split("=", 1)[0] not in HUGETLB_KEYS]
 
@@ -192,6 +230,38 @@ def check_host(root: HostRoot, specs: Sequence[ReserveSpec], default_kib: Option
     if any(s.size_kib == 1 << 20 and s.count for s in specs):
         notes.append("1G pages: the kernel takes them from memblock before anything fragments "
                      "memory; a smaller runtime reservation would likely fail")
+    notes += gigantic_per_node_notes(root, [s for s in per_node if s.size_kib >= 1 << 20
+                                            and s.count], nodes)
+    return notes
+
+
+def gigantic_per_node_notes(root: HostRoot, specs: Sequence[ReserveSpec],
+                            nodes: Sequence[int]) -> list[str]:
+    """The per-node form for 1G pages is honoured only where the node has a free, aligned
+    GiB for each page at boot. Linux's boot allocator (mm/hugetlb.c
+    __alloc_bootmem_huge_page) takes a page the node cannot hold from another node with
+    memblock_alloc_try_nid_raw, silently, up to at least 6.1 (Debian 12): with nodes of
+    2G/2G/2G/3G, hugepages=0:1,3:2 gave 0/1/1/1. A node's top GiB holds its own data
+    (NODE_DATA, struct pages) and the first node's lowest the kernel: warn when an ask
+    leaves no such spare GiB, and always say how the service tops up."""
+    if not specs:
+        return []
+    notes = []
+    first = min(nodes) if nodes else 0
+    for spec in specs:
+        total = _meminfo_kib(root.path(f"sys/devices/system/node/node{spec.node}/meminfo"),
+                             "MemTotal")
+        if total is None:
+            continue
+        spare = total // spec.size_kib - (2 if spec.node == first else 1)
+        if spec.count > spare:
+            notes.append(f"{spec}: node {spec.node} has {total // spec.size_kib} whole "
+                         f"{format_kib(spec.size_kib)} of memory; the kernel may place some of "
+                         "these pages on other nodes at boot (its own data takes a GiB)")
+    items = " ".join(str(s) for s in specs)
+    notes.append(f"per-node 1G pages: a node that cannot hold them at boot gets them placed "
+                 f"on other nodes, silently (Linux 6.1); also set [boot] reserve = {items} "
+                 "so hugexml-reserve.service tops up each node, and check with hugexml doctor")
     return notes
 
 

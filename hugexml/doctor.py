@@ -49,7 +49,8 @@ class Doctor:
 
     def __init__(self, root: HostRoot, state_dir: str, *, daemons: Optional[list[Any]] = None,
                  gateway: Any = None, domains: Optional[list[tuple[str, bytes]]] = None,
-                 libvirt_uri: str = "qemu:///system", planner: Any = None) -> None:
+                 libvirt_uri: str = "qemu:///system", planner: Any = None,
+                 config_path: Optional[str] = None, config_explicit: bool = False) -> None:
         from hugexml import daemon as dm
         from hugexml.hostinfo import read_host_info
 
@@ -57,6 +58,7 @@ class Doctor:
         self.host = read_host_info(root)
         self.daemons = dm.find_daemons(root) if daemons is None else daemons
         self._gateway, self._domains, self._planner = gateway, domains, planner
+        self.config_path, self.config_explicit = config_path, config_explicit
         self.needs: dict[int, set[str]] = {}        # page size -> guests that need it
         self.file_needs: dict[int, set[str]] = {}   # ... as hugetlbfs files (a mount)
 
@@ -71,7 +73,8 @@ class Doctor:
         guests = self._guarded("guests", self.check_guests)
         checks = [self._guarded(n, f) for n, f in (
             ("cpu-1g", self.check_cpu), ("default-size", self.check_default_size),
-            ("pools", self.check_pools), ("mounts", self.check_mounts),
+            ("pools", self.check_pools), ("boot-reserve", self.check_boot_reserve),
+            ("mounts", self.check_mounts),
             ("qemu.conf", self.check_qemu_conf), ("stale-daemon", self.check_stale_daemon),
             ("hook", self.check_hook), ("ledger", self.check_ledger), ("kept", self.check_kept),
             ("thp", self.check_thp),
@@ -143,6 +146,43 @@ class Doctor:
                 sizes.append(f"{format_kib(size_kib)} {pool.free}/{pool.nr} free")
             parts.append(f"node {node}: {', '.join(sizes) or 'no hugepage sizes'}")
         return Check("pools", OK, "; ".join(parts))
+
+    def check_boot_reserve(self) -> Check:
+        """Every node and size has what boot-time reservation asks: ``[boot] reserve`` of the
+        config and the kernel command line's ``hugepages=`` (a per-node 1G ask can land on
+        another node, or not at all). Persistent pages count, whoever uses them."""
+        from hugexml.boot import HUGETLB_KEYS, cmdline_specs, parse_specs, shortfalls
+
+        asks = []
+        if self.config_path is not None:
+            from hugexml.config import load_config
+
+            reserve = load_config(self.config_path, self.config_explicit).boot_reserve
+            asks += [(spec, "[boot] reserve") for spec in parse_specs([reserve]) if reserve]
+        try:
+            with open(self.root.path("proc/cmdline"), encoding="utf-8", errors="replace") as fh:
+                tokens = [t for t in fh.read().split() if t.split("=", 1)[0] in HUGETLB_KEYS]
+        except OSError:
+            tokens = []
+        asks += [(spec, "kernel command line")
+                 for spec in cmdline_specs(tokens, self.host.default_page_kib)]
+        if not asks:
+            return Check("boot-reserve", OK, "no boot-time reservation ([boot] reserve empty, "
+                         "no hugepages= on the kernel command line)")
+        gw = self.gateway()
+
+        def persistent(size_kib: int, node: Optional[int]) -> int:
+            pools = [gw.node_pool(n, size_kib) for n in (
+                self.host.nodes if node is None else (node,))]
+            return sum(p.nr - p.surplus for p in pools)
+
+        short, met = shortfalls(asks, persistent)
+        if short:
+            return Check("boot-reserve", WARN, "short of the boot-time reservation: "
+                         + "; ".join(short), "hugexml boot --apply-runtime (adds what each "
+                         "node lacks; hugexml-reserve.service runs it at boot)")
+        return Check("boot-reserve", OK, "every boot-time reservation is in place: "
+                     + "; ".join(met))
 
     def check_mounts(self) -> Check:
         from hugexml.mounts import list_mounts, mount_for

@@ -14,6 +14,15 @@ still above the target is converted to surplus (freed when the guest unmaps it).
 sysfs includes surplus, as in the kernel. Writing ``compact`` raises caps to what
 ``set_compact_cap`` configured; ``drop_caches`` turns the node's FilePages into MemFree.
 
+Two options model kernels more closely: ``node_write_counts_surplus`` (Linux before 6.7, e.g.
+Debian 12's 6.1: a node write's count is made global with nr_hugepages, surplus pages of
+other nodes included, so it over- or under-shoots by them) and ``gigantic_whole_gib`` (1G
+pages only from whole GiBs a node does not use for itself). Nodes are chosen as the kernel
+does, with per-size alloc/free cursors that persist across writes; a reservation that goes
+away frees unused surplus pages (return_unused_surplus_pages). ``demote`` turns free 1G pages
+into 2M pages on their node. tests/numavm/kernelscenarios.py checks all of it against a real
+4-node kernel.
+
 State lives in the files (the counters in the sysfs files themselves, MemFree/FilePages in
 the node meminfo; caps, injected faults and a write log under ``.fakekernel/``), every file
 is replaced atomically, and each read-modify-write holds an ``flock`` on
@@ -27,9 +36,9 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from hugexml.host import HostGateway, NodePool, SysIO
 from hugexml.root import HostRoot
@@ -45,6 +54,19 @@ WRITE_LOG = 1000  # writes kept in the log
 
 def _key(node: int, size_kib: int) -> str:
     return f"{node}:{size_kib}"
+
+
+def _per_node(value: Union[int, Sequence[int]], node: int) -> int:
+    """A per-node setting given once for all nodes or as one value per node."""
+    return value if isinstance(value, int) else value[node]
+
+
+def _demote_files(base: str, size_kib: int, sizes_kib: Sequence[int]) -> dict[str, str]:
+    """``demote`` (write-only) and ``demote_size`` of a pool that has a smaller size."""
+    smaller = [s for s in sizes_kib if s < size_kib]
+    if not smaller:
+        return {}
+    return {f"{base}/demote": "", f"{base}/demote_size": f"{max(smaller)}kB\n"}
 
 
 def _atomic_write(path: str, text: str) -> None:
@@ -172,6 +194,12 @@ class _Kernel:
         short = self.conf["short_grant"].get(key)
         if self.mem[node]["MemFree"] - self.conf["min_free_kib"] < size or cap == 0 or short == 0:
             return False
+        if self.conf.get("gigantic_whole_gib") and size >= GIB_KIB:
+            # A gigantic page needs a whole aligned GiB: a node's top one holds its own
+            # structures (NODE_DATA, struct pages), the first node's lowest the kernel.
+            whole = self.mem[node]["MemTotal"] // size - (2 if node == self.nodes[0] else 1)
+            if self.pools[key][0] >= whole:
+                return False
         delay = self.conf["grant_delay_s"].get(str(size), 0)
         if delay:
             time.sleep(delay)
@@ -191,56 +219,100 @@ class _Kernel:
         if self.conf["caps"].get(key) is not None:
             self.conf["caps"][key] += 1
 
-    def set_max(self, size: int, count: int, node: Optional[int]) -> None:
+    # --- the kernel's per-size node cursors (h->next_nid_to_alloc / next_nid_to_free) ---
+    def _cursor(self, kind: str, size: int, allowed: list[int]) -> int:
+        """hstate_next_node_to_alloc/_to_free: the node at the size's cursor (the next
+        allowed one if it is not allowed); the cursor moves past it. Both start at node 0,
+        persist across writes and follow per-node writes too."""
+        cursors = self.conf.setdefault(f"next_nid_to_{kind}", {})
+        nid = cursors.get(str(size), self.nodes[0])
+        if nid not in allowed:
+            nid = _next_allowed(nid, allowed)
+        cursors[str(size)] = _next_allowed(nid, allowed)
+        return nid
+
+    def _each(self, kind: str, size: int, allowed: list[int], take: Any) -> Optional[int]:
+        """for_each_node_mask_to_alloc/_to_free: each allowed node once, from the cursor,
+        until ``take(node)`` succeeds; that node, or None."""
+        for _ in allowed:
+            node = self._cursor(kind, size, allowed)
+            if take(node):
+                return node
+        return None
+
+    def demote(self, size: int, target: int, count: int, node: Optional[int]) -> None:
+        """The kernel's demote_store: up to ``count`` free pages that no reservation needs
+        become ``size // target`` free pages of the smaller size on the same node; memory
+        does not move. Fewer (or none) when fewer are free: still a success."""
         allowed = self.nodes if node is None else [node]
-        if node is not None:
+        for _ in range(count):
+            free = sum(self.pools[_key(n, size)][1] for n in allowed)
+            if free - self.resv[size] <= 0:
+                break
+            src = self._each("free", size, allowed, lambda n: self.pools[_key(n, size)][1] > 0)
+            if src is None:
+                break
+            big, small = self.pools[_key(src, size)], self.pools[_key(src, target)]
+            big[0] -= 1
+            big[1] -= 1
+            small[0] += size // target
+            small[1] += size // target
+
+    def unreserve(self, size: int, pages: int) -> None:
+        """A reservation goes away (munmap, close): return_unused_surplus_pages frees up to
+        that many free surplus pages, from the nodes the free cursor gives."""
+        self.resv[size] -= pages
+        for _ in range(min(pages, sum(self.pools[_key(n, size)][2] for n in self.nodes))):
+            node = self._each("free", size, self.nodes, lambda n: self.pools[_key(n, size)][2] > 0
+                              and self.pools[_key(n, size)][1] > 0)
+            if node is None:
+                break
+            pool = self.pools[_key(node, size)]
+            pool[1] -= 1
+            pool[2] -= 1
+            self.free_page(node, size)
+
+    def set_max(self, size: int, count: int, node: Optional[int]) -> None:
+        """set_max_huge_pages; ``count`` of a node write is first made global, from the
+        persistent counts (Linux 6.7 on) or, with ``node_write_counts_surplus`` (Linux before
+        6.7, Debian 12's 6.1 among them), from nr_hugepages, surplus pages included."""
+        pools = {n: self.pools[_key(n, size)] for n in self.nodes}
+        allowed = self.nodes if node is None else [node]
+        if node is not None and self.conf.get("node_write_counts_surplus"):
+            count += sum(p[0] for p in pools.values()) - pools[node][0]
+        elif node is not None:
             count += self.persistent(size) - self.persistent(size, [node])
-        rr = 0
-        while count > self.persistent(size):  # surplus back to persistent, then fresh pages
-            with_surplus = [n for n in allowed if self.pools[_key(n, size)][2] > 0]
-            if with_surplus:
-                self.pools[_key(with_surplus[0], size)][2] -= 1
-                continue
-            for i in range(len(allowed)):
-                if self.alloc_fresh(allowed[(rr + i) % len(allowed)], size):
-                    rr = (rr + i + 1) % len(allowed)
-                    break
-            else:
+        while count > self.persistent(size):  # adjust_pool_surplus(-1): surplus first
+            found = self._each("alloc", size, allowed, lambda n: pools[n][2] > 0)
+            if found is None:
                 break
-        tot = [sum(self.pools[_key(n, size)][i] for n in self.nodes) for i in range(3)]
-        min_count = max(count, self.resv[size] + tot[0] - tot[1])
-        while min_count < self.persistent(size):  # free pages only
-            with_free = [n for n in allowed if self.pools[_key(n, size)][1] > 0]
-            if not with_free:
+            pools[found][2] -= 1
+        while count > self.persistent(size):  # alloc_pool_huge_page: fresh pages
+            if self._each("alloc", size, allowed, lambda n: self.alloc_fresh(n, size)) is None:
                 break
-            self.pools[_key(with_free[-1], size)][1] -= 1
-            self.free_page(with_free[-1], size)
-        while count < self.persistent(size):  # the rest becomes surplus
-            cand = [n for n in allowed
-                    if self.pools[_key(n, size)][2] < self.pools[_key(n, size)][0]]
-            if not cand:
+        used = sum(p[0] - p[1] for p in pools.values())
+        min_count = max(count, self.resv[size] + used)
+        while min_count < self.persistent(size):  # remove_pool_huge_page: free pages only
+            found = self._each("free", size, allowed, lambda n: pools[n][1] > 0)
+            if found is None:
                 break
-            self.pools[_key(cand[-1], size)][2] += 1
+            pools[found][1] -= 1
+            self.free_page(found, size)
+        while count < self.persistent(size):  # adjust_pool_surplus(+1): the rest is surplus
+            found = self._each("free", size, allowed, lambda n: pools[n][2] < pools[n][0])
+            if found is None:
+                break
+            pools[found][2] += 1
         for key in list(self.conf["short_grant"]):
             if int(key.split(":")[1]) == size and (node is None or key == _key(node, size)):
                 del self.conf["short_grant"][key]
 
-    def demote(self, node: int, size: int, count: int) -> None:
-        """mm/hugetlb.c demote_store: while asked and the node has free pages beyond the
-        size's reserved ones, split one into size/demote_size pages of the smaller pool
-        (persistent, free; no memory moves)."""
-        smaller = [s for s in self.sizes if s < size]
-        if not smaller:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        small, ratio = max(smaller), size // max(smaller)
-        big, little = self.pools[_key(node, size)], self.pools[_key(node, max(smaller))]
-        while count and big[1] - self.resv[size] > 0:
-            big[0] -= 1
-            big[1] -= 1
-            little[0] += ratio
-            little[1] += ratio
-            count -= 1
-        del small
+
+
+def _next_allowed(nid: int, allowed: list[int]) -> int:
+    """next_node_allowed: the next allowed node after ``nid``, wrapping around."""
+    later = [n for n in sorted(allowed) if n > nid]
+    return later[0] if later else min(allowed)
 
 
 class FakeSysIO(SysIO):
@@ -319,6 +391,10 @@ class FakeSysIO(SysIO):
         if name in ("nr_hugepages", "nr_hugepages_mempolicy"):
             node = int(parts[4][4:]) if rel.startswith(NODE) else None
             kern.set_max(size, self._number(text, path), node)
+        elif name == "demote":
+            node = int(parts[4][4:]) if rel.startswith(NODE) else None
+            target = int(kern.read(os.path.join(os.path.dirname(rel), "demote_size"))[:-3])
+            kern.demote(size, target, self._number(text, path), node)
         elif name == "nr_overcommit_hugepages":
             kern.overcommit[size] = self._number(text, path)
         elif name == "compact" and rel.startswith(NODE):
@@ -328,8 +404,6 @@ class FakeSysIO(SysIO):
                 key, up = _key(node, size), kern.conf["compact_caps"].get(_key(node, size))
                 if up is not None and kern.conf["caps"].get(key) is not None:
                     kern.conf["caps"][key] = max(kern.conf["caps"][key], up)
-        elif name == "demote" and rel.startswith(NODE):
-            kern.demote(int(parts[4][4:]), size, self._number(text, path))
         elif rel == "proc/sys/vm/compact_memory":
             kern.conf["compactions"]["all"] = kern.conf["compactions"].get("all", 0) + 1
             for node in kern.nodes:
@@ -370,18 +444,23 @@ class FakeKernel:
     """Builds the tree and offers what a test needs to play host and guest."""
 
     def __init__(self, tmp_path: Any, nodes: int = 2, sizes_kib: tuple[int, ...] = (2048, GIB_KIB),
-                 mem_kib_per_node: int = 16 * GIB_KIB, default_kib: int = 2048, *,
-                 used_kib_per_node: int = 512 * 1024, cache_kib_per_node: int = 0,
+                 mem_kib_per_node: Union[int, Sequence[int]] = 16 * GIB_KIB,
+                 default_kib: int = 2048, *,
+                 used_kib_per_node: Union[int, Sequence[int]] = 512 * 1024,
+                 cache_kib_per_node: int = 0,
                  min_free_kib: int = 0, compact_file: bool = True, thp: str = "madvise",
-                 demote: bool = True,
-                 mounts: Optional[list[tuple[str, int]]] = None) -> None:
+                 mounts: Optional[list[tuple[str, int]]] = None,
+                 node_write_counts_surplus: bool = False, gigantic_whole_gib: bool = False,
+                 ) -> None:
         self.root = os.path.abspath(str(tmp_path))
         node_ids = list(range(nodes))
         os.makedirs(os.path.join(self.root, META), exist_ok=True)
         conf = {"nodes": node_ids, "sizes_kib": list(sizes_kib), "default_kib": default_kib,
                 "caps": {}, "compact_caps": {}, "short_grant": {}, "compactions": {},
                 "drop_caches": [], "grant_delay_s": {}, "min_free_kib": min_free_kib,
-                "faults": {"read": {}, "write": {}}, "writes": []}
+                "faults": {"read": {}, "write": {}}, "writes": [],
+                "node_write_counts_surplus": node_write_counts_surplus,
+                "gigantic_whole_gib": gigantic_whole_gib}
         _atomic_write(os.path.join(self.root, META, "state.json"), json.dumps(conf))
         seed = {"sys/kernel/mm/transparent_hugepage/enabled":
                 " ".join(f"[{w}]" if w == thp else w for w in THP_WORDS) + "\n",
@@ -389,23 +468,23 @@ class FakeKernel:
                 f"{NODE}/online": f"0-{nodes - 1}\n",
                 f"{NODE}/possible": f"0-{nodes - 1}\n", f"{NODE}/has_memory": f"0-{nodes - 1}\n"}
         for node in node_ids:
-            free = mem_kib_per_node - used_kib_per_node - cache_kib_per_node
+            total = _per_node(mem_kib_per_node, node)
+            free = total - _per_node(used_kib_per_node, node) - cache_kib_per_node
             seed[f"{NODE}/node{node}/meminfo"] = (
-                f"Node {node} MemTotal: {mem_kib_per_node} kB\nNode {node} MemFree: {free} kB\n"
+                f"Node {node} MemTotal: {total} kB\nNode {node} MemFree: {free} kB\n"
                 f"Node {node} MemUsed: 0 kB\nNode {node} FilePages: {cache_kib_per_node} kB\n")
             if compact_file:
                 seed[f"{NODE}/node{node}/compact"] = ""
             for size in sizes_kib:
                 for name in ("nr_hugepages", "free_hugepages", "surplus_hugepages"):
                     seed[_Kernel.pool_rel(node, size, name)] = "0\n"
-                smaller = [s for s in sizes_kib if s < size]
-                if smaller and demote:  # Linux >= 5.16: demote and demote_size
-                    seed[_Kernel.pool_rel(node, size, "demote")] = ""
-                    seed[_Kernel.pool_rel(node, size, "demote_size")] = f"{max(smaller)}kB\n"
+                seed.update(_demote_files(os.path.dirname(_Kernel.pool_rel(node, size, "x")),
+                                          size, sizes_kib))
         for size in sizes_kib:
             for name in ("nr_hugepages", "free_hugepages", "resv_hugepages", "surplus_hugepages",
                          "nr_overcommit_hugepages", "nr_hugepages_mempolicy"):
                 seed[f"{GLOBAL}/hugepages-{size}kB/{name}"] = "0\n"
+            seed.update(_demote_files(f"{GLOBAL}/hugepages-{size}kB", size, sizes_kib))
         for rel, text in seed.items():
             os.makedirs(os.path.dirname(os.path.join(self.root, rel)), exist_ok=True)
             _atomic_write(os.path.join(self.root, rel), text)
@@ -559,4 +638,9 @@ class FakeKernel:
         self._edit(resv)
 
     def unreserve(self, size_kib: int, pages: int) -> None:
-        self.reserve(size_kib, -pages)
+        """The mapping goes away: its reservation, and surplus pages nobody needs then."""
+        def drop(kern: _Kernel) -> None:
+            if not 0 < pages <= kern.resv[size_kib]:
+                raise ValueError(f"cannot unreserve {pages} x {size_kib} kB")
+            kern.unreserve(size_kib, pages)
+        self._edit(drop)

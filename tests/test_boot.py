@@ -254,3 +254,66 @@ def test_command_apply_runtime_with_an_empty_reserve_does_nothing(tmp_path, caps
     root = host_root(tmp_path)
     assert run_command(["--apply-runtime"], root) == 0
     assert "nothing to reserve" in capsys.readouterr().out
+
+
+# The 4-node VM of tests/numavm (Debian's 6.1 kernel), nodes of 2G, 2G, 2G and 3G: MemTotal.
+DOC_NODES_KIB = (1997252, 2063960, 2064208, 3048288)
+
+
+# ... and of tests/numavm/groups.LAYOUT, 2G, 4G, 2G and 4G.
+VM_NODES_KIB = (1951980, 4128344, 2064208, 4125744)
+
+
+def doc_layout(base: Path, nodes_kib: tuple[int, ...] = DOC_NODES_KIB) -> HostRoot:
+    root = host_root(base, nodes=(0, 1, 2, 3), mem_kib=sum(nodes_kib), osrelease="6.1.0-57")
+    for n, kib in enumerate(nodes_kib):
+        (base / f"sys/devices/system/node/node{n}/meminfo").write_text(
+            f"Node {n} MemTotal:       {kib} kB\n")
+    return root
+
+
+def test_the_per_node_1g_line_6_1_misplaced_is_refused_by_the_margin(tmp_path):
+    # hugepages=0:1,3:2 gave 0/1/1/1 on 6.1: neither node can hold its pages and keep 1G.
+    with pytest.raises(InvalidInput, match=r"on node 0 would leave less than 1\.0 GiB"):
+        boot.check_host(doc_layout(tmp_path), boot.parse_specs(["1G:1@0 1G:2@3"]), None)
+
+
+def test_per_node_1g_asks_say_where_the_kernel_may_misplace_them(tmp_path):
+    root = doc_layout(tmp_path)
+    notes = boot.check_host(root, boot.parse_specs(["1G:1@0 1G:2@3 1G:1@1 2M:64@2"]), None,
+                            margin_min_kib=0, margin_percent=0)
+    assert any(n.startswith("1G:1@0: node 0 has 1 whole 1G") for n in notes), notes
+    assert any(n.startswith("1G:2@3: node 3 has 2 whole 1G") for n in notes), notes
+    assert any(n.startswith("1G:1@1: node 1 has 1 whole 1G") for n in notes), notes
+    assert notes[-1].endswith("set [boot] reserve = 1G:1@0 1G:2@3 1G:1@1 so "
+                              "hugexml-reserve.service tops up each node, and check with "
+                              "hugexml doctor")
+    # 4G nodes keep a spare GiB for the kernel's own data: no warning, only the service hint
+    roomy = boot.check_host(doc_layout(tmp_path / "vm", VM_NODES_KIB),
+                            boot.parse_specs(["1G:1@1 1G:1@3"]), None)
+    assert [n.split(":")[0] for n in roomy] == ["1G pages", "per-node 1G pages"], roomy
+    assert boot.check_host(root, boot.parse_specs(["2M:64@2", "1G:1"]), None) == [
+        "1G pages: the kernel takes them from memblock before anything fragments memory; a "
+        "smaller runtime reservation would likely fail"]
+
+
+@pytest.mark.parametrize("cmdline,default,expect", [
+    ("hugepagesz=1G hugepages=0:1,3:2", M2, ["1G:1@0", "1G:2@3"]),
+    ("default_hugepagesz=1G hugepages=4 hugepagesz=2M hugepages=512", M2, ["2M:4", "2M:512"]),
+    ("hugepages=16", M2, ["2M:16"]),
+    ("hugepagesz=2M hugepages=1:100 hugepagesz=1G hugepages=2", M2, ["2M:100@1", "1G:2"]),
+    ("hugepagesz=1G hugepages=x hugepagesz=5Q hugepages=3 hugepages=0:", M2, []),
+    ("hugepages=8", None, []),
+])
+def test_cmdline_specs_read_the_line_as_the_kernel_does(cmdline, default, expect):
+    # a hugepages= before any hugepagesz= is the default size as the kernel had it at boot
+    assert [str(s) for s in boot.cmdline_specs(cmdline.split(), default)] == expect
+
+
+def test_shortfalls_name_node_size_and_source():
+    asks = [(s, "[boot] reserve") for s in boot.parse_specs(["1G:1@0 1G:2@3 2M:64"])]
+    have = {(G1, 0): 0, (G1, 3): 2, (M2, None): 10}
+    short, met = boot.shortfalls(asks, lambda size, node: have[(size, node)])
+    assert short == ["node 0 1G: 0 of 1 ([boot] reserve)",
+                     "all nodes 2M: 10 of 64 ([boot] reserve)"]
+    assert met == ["node 3 1G: 2 of 2 ([boot] reserve)"]

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from simkernel import SimKernel
 
 M2, G1 = 2048, 1048576
-NAMES = ["guests", "cpu-1g", "default-size", "pools", "mounts", "qemu.conf", "stale-daemon",
-         "hook", "ledger", "kept", "thp", "fragmentation"]
+NAMES = ["guests", "cpu-1g", "default-size", "pools", "boot-reserve", "mounts", "qemu.conf",
+         "stale-daemon", "hook", "ledger", "kept", "thp", "fragmentation"]
 
 
 class FakeHost:
@@ -281,3 +281,34 @@ def test_kept_pages_are_listed_with_their_window(host):
     assert check.status == OK
     assert check.message.startswith("kept for restarts: node 1 1G: 2 (1") and \
         "min left); node 1 1G: 1 (for ever)" in check.message
+
+
+def test_boot_reserve_names_each_node_and_size_the_kernel_did_not_place(tmp_path):
+    """Linux 6.1 with nodes of 2G/2G/2G/3G and hugepages=0:1,3:2 made 1G pools of 0/1/1/1
+    (tests/numavm found it): doctor names node 0 and node 3, the command line and the config."""
+    from fakekernel import FakeKernel
+
+    fk = FakeKernel(tmp_path / "root", nodes=4, mem_kib_per_node=3 << 20)
+    for node in (1, 2, 3):
+        fk.preset(node, G1, 1)
+    (tmp_path / "root/proc/cmdline").write_text("ro quiet hugepagesz=1G hugepages=0:1,3:2\n")
+    (tmp_path / "root/proc/meminfo").write_text("Hugepagesize:       2048 kB\n")
+    conf = tmp_path / "hugexml.conf"
+    conf.write_text("[boot]\nreserve = 1G:1@0 1G:2@3 2M:0@1\n")
+    doc = Doctor(fk.host_root, str(tmp_path / "state"), daemons=[], gateway=fk.gateway(),
+                 domains=[], config_path=str(conf), config_explicit=True)
+    check = doc.check_boot_reserve()
+    assert check.status == WARN and "hugexml boot --apply-runtime" in (check.fix or "")
+    assert check.message == (
+        "short of the boot-time reservation: node 0 1G: 0 of 1 ([boot] reserve); "
+        "node 3 1G: 1 of 2 ([boot] reserve); node 0 1G: 0 of 1 (kernel command line); "
+        "node 3 1G: 1 of 2 (kernel command line)")
+    fk.preset(0, G1, 1)
+    fk.preset(3, G1, 2)
+    check = doc.check_boot_reserve()
+    assert check.status == OK and "node 3 1G: 2 of 2 (kernel command line)" in check.message
+    (tmp_path / "root/proc/cmdline").write_text("ro quiet\n")
+    conf.write_text("[boot]\n")
+    assert doc.check_boot_reserve() == Check("boot-reserve", OK, (
+        "no boot-time reservation ([boot] reserve empty, no hugepages= on the kernel command "
+        "line)"))

@@ -245,3 +245,79 @@ def test_another_process_sees_the_same_kernel(fk):
     assert fk.pool(1, 2048) == NodePool(7, 7, 0)
     with pytest.raises(FileNotFoundError):
         FakeKernel.attach(os.path.join(fk.root, "sys"))
+
+
+# --- what the real 4-node kernel showed (tests/numavm/test_vm_fakekernel.py, Linux 6.1) ------
+def test_a_reservation_that_goes_away_frees_unused_surplus_pages(fk):
+    write(fk, node_nr(1, 2048), "10")
+    fk.reserve(2048, 4)
+    write(fk, node_nr(1, 2048), "0")
+    assert fk.pool(1, 2048) == NodePool(4, 4, 4)  # reserved: kept, as surplus
+    fk.unreserve(2048, 4)                         # return_unused_surplus_pages
+    assert fk.pool(1, 2048) == NodePool(0, 0, 0) and fk.resv(2048) == 0
+    assert free_kib(fk, 1) == START_FREE
+    with pytest.raises(ValueError):
+        fk.unreserve(2048, 1)
+
+
+def test_global_writes_follow_the_kernels_node_cursors(tmp_path):
+    fk = FakeKernel(tmp_path, nodes=4, mem_kib_per_node=4 * GIB_KIB)
+    write(fk, node_nr(2, 2048), "1")   # the alloc cursor follows node writes: now node 2
+    write(fk, node_nr(2, 2048), "0")   # ... and so does the free cursor
+    write(fk, node_nr(1, 2048), "6")
+    write(fk, f"{GLOBAL}/hugepages-2048kB/nr_hugepages", "10")   # +4 from node 1 on
+    assert [fk.pool(n, 2048).nr for n in range(4)] == [1, 7, 1, 1]
+    write(fk, f"{GLOBAL}/hugepages-2048kB/nr_hugepages", "7")    # -3 from node 2 on
+    assert [fk.pool(n, 2048).nr for n in range(4)] == [0, 7, 0, 0]
+
+
+def test_node_writes_count_other_nodes_surplus_before_linux_6_7(tmp_path):
+    fk = FakeKernel(tmp_path, nodes=4, mem_kib_per_node=4 * GIB_KIB,
+                    node_write_counts_surplus=True)
+    write(fk, node_nr(1, 2048), "10")
+    fk.use(1, 2048, 6)
+    write(fk, node_nr(1, 2048), "2")
+    assert fk.pool(1, 2048) == NodePool(6, 0, 4)
+    write(fk, node_nr(3, 2048), "4")   # 4 + (6 - 0) against 2 persistent: 8 fresh pages
+    assert fk.pool(3, 2048) == NodePool(8, 8, 0)
+    write(fk, node_nr(3, 2048), "0")   # 0 + (14 - 8) = 6 against 10: 4 stay
+    assert fk.pool(3, 2048) == NodePool(4, 4, 0)
+
+
+def test_1g_pages_only_from_whole_gibs_the_node_does_not_use(tmp_path):
+    fk = FakeKernel(tmp_path, nodes=2, mem_kib_per_node=4 * GIB_KIB, used_kib_per_node=0,
+                    gigantic_whole_gib=True)
+    write(fk, node_nr(1, GIB_KIB), "8")
+    assert fk.pool(1, GIB_KIB).nr == 3       # the top GiB holds the node's own data
+    write(fk, node_nr(0, GIB_KIB), "8")
+    assert fk.pool(0, GIB_KIB).nr == 2       # and node 0's lowest the kernel
+
+
+def test_demote_turns_a_free_1g_page_into_512_free_2m_pages_on_its_node(fk):
+    write(fk, node_nr(1, GIB_KIB), "2")
+    after_grow = free_kib(fk, 1)
+    assert read(fk, f"{NODE}/node1/hugepages/hugepages-{GIB_KIB}kB/demote_size") == "2048kB\n"
+    write(fk, f"{NODE}/node1/hugepages/hugepages-{GIB_KIB}kB/demote", "1")
+    assert fk.pool(1, GIB_KIB) == NodePool(1, 1, 0)
+    assert fk.pool(1, 2048) == NodePool(512, 512, 0)
+    assert fk.pool(0, 2048) == NodePool(0, 0, 0) and free_kib(fk, 1) == after_grow
+    fk.reserve(GIB_KIB, 1)                   # the last free 1G page is reserved: kept
+    write(fk, f"{NODE}/node1/hugepages/hugepages-{GIB_KIB}kB/demote", "1")
+    assert fk.pool(1, GIB_KIB) == NodePool(1, 1, 0)
+    assert not os.path.exists(os.path.join(fk.root, NODE, "node1/hugepages/hugepages-2048kB",
+                                           "demote"))  # the smallest size has none
+
+
+def test_the_scenario_table_runs_on_the_fake(tmp_path):
+    """tests/numavm runs it on both kernels; here every step at least runs, and ends where the
+    real kernel ended: nothing left in any pool."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "numavm"))
+    from kernelscenarios import SCENARIOS, FakeDriver, fake_like, run
+
+    nodes_kib = [1951980, 4128344, 2064208, 4125744]
+    for i, (name, steps) in enumerate(SCENARIOS.items()):
+        fk = fake_like(str(tmp_path / str(i)), nodes_kib, [k - 64 * MIB for k in nodes_kib],
+                       (6, 1))
+        last = run(FakeDriver(fk), steps, 4)[-1]
+        left = {k: v for k, v in last.items() if isinstance(v, tuple) and any(v)}
+        assert left == {}, f"{name}: {left}"

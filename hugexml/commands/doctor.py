@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, ctx: Any) -> int:
     from hugexml.doctor import Doctor, exit_code
 
-    checks = Doctor(ctx.root, ctx.state_dir, libvirt_uri=args.connect).run()
+    checks = Doctor(ctx.root, ctx.state_dir, libvirt_uri=args.connect,
+                    config_path=ctx.config_path, config_explicit=ctx.config_explicit).run()
     code = exit_code(checks)
     if args.json:
         print(json.dumps({"checks": [c.to_json() for c in checks], "exit_code": code},
