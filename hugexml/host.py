@@ -370,6 +370,12 @@ class HostGateway:
         success) or, when shrinking, higher (pages in use or reserved stay). The caller
         computes ``count`` from the current value under its lock: never an absolute or zero
         size over pages somebody else owns.
+
+        Linux before 6.7 (Debian 12's 6.1 among them) makes a node write's count global with
+        ``nr_hugepages``, other nodes' surplus pages included, so the node's persistent
+        count misses ``count`` by exactly those pages (more pages than asked when growing,
+        fewer freed when shrinking). When the read-back shows that miss, one more write of
+        ``count`` minus the miss lands on ``count``; newer kernels never need it.
         """
         rel = self._pool_rel(node, size_kib, "nr_hugepages")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
@@ -380,7 +386,13 @@ class HostGateway:
             raise InvalidInput(reason=f"node {node}, {size_kib} KiB pages: pool size {count} "
                                       f"exceeds the node's memory ({limit} pages)")
         self._write(rel, f"{count}\n", self._missing_pool(node, size_kib))
-        return self._read_int(rel)
+        nr = self._read_int(rel)
+        surplus = self._read_int(self._pool_rel(node, size_kib, "surplus_hugepages"))
+        miss = nr - surplus - count
+        if miss > 0 and miss <= self.global_pool(size_kib).surplus - surplus:
+            self._write(rel, f"{count - miss}\n", self._missing_pool(node, size_kib))
+            nr = self._read_int(rel)
+        return nr
 
     def demote_size(self, node: int, size_kib: int) -> Optional[int]:
         """The page size a free ``size_kib`` page of ``node`` splits into with the kernel's

@@ -24,8 +24,9 @@ COSTLY = ("argparse", "configparser", "dataclasses", "inspect", "json", "logging
           "socket", "subprocess", "typing", "lxml.etree", "libvirt", "hashlib", "tempfile",
           "prometheus_client", "shutil")
 PROBE = r"""
-import sys
+import os, sys
 before = set(sys.modules)  # the interpreter's and site's own; what follows is the path's
+sys.path.insert(0, os.environ["HUGEXML_PROBE_PATH"])  # -I ignores PYTHONPATH (RPM %check)
 import io
 argv = sys.argv[1:sys.argv.index("--")]
 costly = sys.argv[sys.argv.index("--") + 1:]
@@ -74,7 +75,8 @@ def seen(tmp_path_factory) -> dict[str, dict[str, list[str]]]:
     (base / "hugexml.conf").write_text("[hook]\nlog = none\n")
     env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "HUGEXML_ROOT": fk.root,
            "HUGEXML_STATE_DIR": str(base / "state"),
-           "HUGEXML_CONFIG": str(base / "hugexml.conf")}
+           "HUGEXML_CONFIG": str(base / "hugexml.conf"),
+           "HUGEXML_PROBE_PATH": str(Path(cli.__file__).resolve().parents[1])}
     out = {}
     for name, (argv, stdin) in PATHS.items():
         proc = subprocess.run(

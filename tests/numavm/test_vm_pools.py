@@ -256,11 +256,6 @@ def test_32_reserves_at_once_are_counted_exactly(vm):
     assert vm.ok("status", "--json").json()["guests"] == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "allocator bug on Linux < 6.7 (Debian 12's 6.1): the kernel makes a node write's count "
-    "global with nr_hugepages, other nodes' surplus pages included (fixed in 6.7), so writing "
-    "node 3's persistent target 4 while node 1 has 4 surplus pages made 8 pages on node 3; "
-    "hugexml allocate exited 0 and recorded 4 (txn/alloc, issue 10)"))
 def test_allocate_on_one_node_while_another_node_has_surplus_pages(vm):
     """Linux before 6.7 makes a node write's count global with nr_hugepages, surplus pages of
     other nodes included (fixed upstream in 6.7): a node write then overshoots by them."""
