@@ -375,7 +375,9 @@ class HostGateway:
         ``nr_hugepages``, other nodes' surplus pages included, so the node's persistent
         count misses ``count`` by exactly those pages (more pages than asked when growing,
         fewer freed when shrinking). When the read-back shows that miss, one more write of
-        ``count`` minus the miss lands on ``count``; newer kernels never need it.
+        ``count`` minus the miss lands on ``count`` (a shrink below the other nodes' surplus
+        cannot be said through the node file: it lands as low as it can); newer kernels
+        never need it.
         """
         rel = self._pool_rel(node, size_kib, "nr_hugepages")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
@@ -390,7 +392,8 @@ class HostGateway:
         surplus = self._read_int(self._pool_rel(node, size_kib, "surplus_hugepages"))
         miss = nr - surplus - count
         if miss > 0 and miss <= self.global_pool(size_kib).surplus - surplus:
-            self._write(rel, f"{count - miss}\n", self._missing_pool(node, size_kib))
+            # as near as the node file can say it: below the other nodes' surplus, not at all
+            self._write(rel, f"{max(0, count - miss)}\n", self._missing_pool(node, size_kib))
             nr = self._read_int(rel)
         return nr
 

@@ -54,6 +54,9 @@ class QemuEnv(Typed, frozen=True):
     # qemu >= 7.2: a thread-context object per preallocated backend bound to host nodes
     # (libvirt 9.0 adds one when its qemu has it), so preallocation runs on those nodes
     thread_context: bool = False
+    # host nodes with CPUs (None: all): a thread-context bound to nodes without any CPU is
+    # refused by qemu ("The nodes select no CPUs"), so such a backend gets none
+    cpu_nodes: Optional[frozenset[int]] = None
 
 
 class Backend(Typed, frozen=True):
@@ -296,7 +299,8 @@ class _Builder:
         if nodes is not None and mode in POLICY:
             kw.update(host_nodes=nodes, policy=POLICY[mode])
             # qemuBuildThreadContextProps: preallocating threads run on the bound nodes
-            kw["thread_context"] = env.thread_context and prealloc
+            kw["thread_context"] = env.thread_context and prealloc and (
+                env.cpu_nodes is None or bool(env.cpu_nodes & set(nodes)))
         return Backend(
             id=backend_id,
             qom_type=qom,

@@ -322,3 +322,23 @@ def test_cli_thread_context_option(tmp_path):
     assert on["thread_contexts"] == [{"qom-type": "thread-context", "id": "tc-ram-node0",
                                       "node-affinity": [0]}]
     assert off["thread_contexts"] == [] and "prealloc-context" not in off["backends"][0]
+
+
+def test_no_thread_context_for_backends_bound_to_nodes_without_cpus():
+    """qemu refuses a thread-context whose nodes have no CPU ("The nodes select no CPUs"),
+    as memory-only nodes have: such a backend preallocates without one (seen on the
+    4-node VM, nodes 2 and 3 without vCPUs)."""
+    xml = (b"<domain type='kvm'><name>v</name><memory unit='MiB'>128</memory><vcpu>2</vcpu>"
+           b"<memoryBacking><hugepages><page size='2048' unit='KiB'/></hugepages>"
+           b"<source type='memfd'/></memoryBacking><numatune>"
+           b"<memnode cellid='0' mode='strict' nodeset='1'/>"
+           b"<memnode cellid='1' mode='strict' nodeset='3'/></numatune><cpu><numa>"
+           b"<cell id='0' cpus='0' memory='64' unit='MiB'/>"
+           b"<cell id='1' cpus='1' memory='64' unit='MiB'/></numa></cpu></domain>")
+    host = HostInfo(default_page_kib=2048, page_sizes_kib=(2048,), nodes=(0, 1, 2, 3))
+    env = qemuargs.QemuEnv(mounts={}, default_page_kib=2048, thread_context=True,
+                           cpu_nodes=frozenset({0, 1}))
+    objects = [a for a in qemurender.argv(qemuargs.from_xml(xml, env, host), objects=True)
+               if a.startswith("{")]
+    contexts = [o for o in objects if '"thread-context"' in o]
+    assert contexts == ['{"qom-type":"thread-context","id":"tc-ram-node0","node-affinity":[1]}']

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
@@ -93,6 +94,24 @@ def emulator_of(data: bytes) -> Optional[str]:
     return el.text.strip() if el is not None and el.text and el.text.strip() else None
 
 
+def nodes_with_cpus(root: Any) -> Optional[frozenset[int]]:
+    """Host nodes whose ``cpulist`` names a CPU; None when sysfs says nothing (all)."""
+    base = root.path("sys/devices/system/node")
+    try:
+        names = [n for n in os.listdir(base) if n.startswith("node") and n[4:].isdigit()]
+    except OSError:
+        return None
+    found = set()
+    for name in names:
+        try:
+            with open(os.path.join(base, name, "cpulist"), encoding="ascii") as fh:
+                if fh.read(4096).strip():
+                    found.add(int(name[4:]))
+        except OSError:
+            return None
+    return frozenset(found) if names else None
+
+
 def qemu_has_thread_context(emulator: Optional[str]) -> bool:
     """qemu 7.2 added the thread-context object: ask the qemu that will run the guest."""
     import re
@@ -141,6 +160,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         align=not args.no_align,
         thread_context=args.thread_context == "yes"
         or (args.thread_context == "auto" and qemu_has_thread_context(emulator_of(data))),
+        cpu_nodes=nodes_with_cpus(ctx.root),
     )
     mem = qemuargs.from_xml(data, env, host, source)
     argv = qemurender.argv(mem, objects=args.objects)

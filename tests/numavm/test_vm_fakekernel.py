@@ -14,7 +14,7 @@ pytestmark = pytest.mark.numavm("runtime")
 # not count them) and hand them out again (MemFree does not move), a 1G grow drains them, and
 # the kernel's own allocations move it too. Seen on 6.1: 20 of a 50-page grow came from the
 # per-cpu lists; a 1G grow took 1002 MiB off MemFree. The fake counts every page exactly.
-MEMFREE_TOL_KIB = 64 * 1024
+MEMFREE_TOL_KIB = 128 * 1024  # per-cpu lists cache 2M blocks: 72 MiB seen on 6.1
 SHORT_TOL_KIB = 96 * 1024
 
 

@@ -180,10 +180,15 @@ class Vm:
     def __init__(self, tmp: str, margin: str = "1G", **config: str) -> None:
         self.state_dir = os.path.join(tmp, "state")
         self.config_path = os.path.join(tmp, "hugexml.conf")
-        lines = ["[allocation]", f"margin_min = {margin}", "[hook]", "log = none"]
+        # no keep window unless a test asks (release__keep_for=...): pools go back at once
+        sections: dict[str, dict[str, str]] = {
+            "allocation": {"margin_min": margin}, "hook": {"log": "none"},
+            "release": {"keep_for": "1G=0 2M=0"}}
         for key, value in config.items():
             section, _, name = key.partition("__")
-            lines += [f"[{section}]", f"{name} = {value}"]
+            sections.setdefault(section, {})[name] = value
+        lines = [line for section, keys in sections.items()
+                 for line in [f"[{section}]", *(f"{k} = {v}" for k, v in keys.items())]]
         write_text(self.config_path, "\n".join(lines) + "\n")
         self.tmp = tmp
 
