@@ -189,8 +189,7 @@ def _vcpu(root: Any) -> tuple[Optional[int], bool]:
 
 def _device(el: Any, index: int, budget: list[int]) -> MemoryDevice:
     """virDomainMemoryDefParseXML."""
-    model = xmlread.enum(el, "model", MEMORY_MODELS, required=True, nonzero=True)
-    assert model is not None
+    model = xmlread.required_enum(el, "model", MEMORY_MODELS, nonzero=True)
     access = xmlread.enum(el, "access", MEM_ACCESS, nonzero=True)
     discard = xmlread.tristate(el, "discard")
     uuid = (xmlread.text_of(el.find("uuid")) or None) if model == "nvdimm" else None
@@ -258,7 +257,7 @@ def _address(address: Any) -> dict[str, Any]:
         raise UnitError(f"unknown address type '{xmlread.clip(kind)}'")
     out: dict[str, Any] = {"address_type": kind}
     if kind == "dimm":
-        out["slot"] = xmlread.uint(address, "slot", required=True)
+        out["slot"] = xmlread.required_uint(address, "slot")
         base = address.get("base")
         if base is not None:
             try:

@@ -118,6 +118,16 @@ class MountMissing(HostError):
     msg_fmt = "domain '%(domain)s': %(reason)s"
 
 
+# --- hugexml itself -------------------------------------------------------------------
+class SelfCheckFailed(HugexmlError):
+    """hugexml's own output failed its read-back check: a bug in hugexml. Raised instead of
+    writing the output, so the host and the XML stay as they were."""
+
+    msg_fmt = ("%(what)s failed hugexml's own check, nothing was written: %(reason)s "
+               "(a hugexml bug; please report this line)")
+    exit_code = 70  # EX_SOFTWARE
+
+
 class MissingDependency(HugexmlError):
     """An optional Python package a feature needs is not installed."""
 

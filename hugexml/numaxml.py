@@ -92,13 +92,11 @@ def _distances(cell: Any, cid: int, ncells: int) -> None:
     if not siblings:
         raise UnitError("NUMA distances defined without siblings")
     for sib in siblings:
-        sid = xmlread.uint(sib, "id", required=True)
-        assert sid is not None
+        sid = xmlread.required_uint(sib, "id")
         if sid >= ncells:
             raise UnitError(f"'sibling_id {sid}' does not refer to a valid cell within NUMA "
                             f"'cell id {cid}'")
-        value = xmlread.uint(sib, "value", required=True)
-        assert value is not None
+        value = xmlread.required_uint(sib, "value")
         if not LOCAL_DISTANCE <= value <= UNREACHABLE or (sid == cid) != (
                 value == LOCAL_DISTANCE):
             raise UnitError(f"'value {value}' is invalid for 'sibling id {sid}' under NUMA "
@@ -142,16 +140,15 @@ def _interconnects(numa: Any) -> tuple[Interconnect, ...]:
     group = numa.find("interconnects")
     for el in () if group is None else group:
         if el.tag == "latency":
-            xmlread.uint(el, "value", required=True, limit=xmlread.ULLONG_MAX)
+            xmlread.required_uint(el, "value", limit=xmlread.ULLONG_MAX)
         elif el.tag == "bandwidth":
             xmlread.scaled_kib(el.get("value"), el.get("unit"), "./@value", required=True)
         else:
             continue
-        initiator = xmlread.uint(el, "initiator", required=True)
-        target = xmlread.uint(el, "target", required=True)
+        initiator = xmlread.required_uint(el, "initiator")
+        target = xmlread.required_uint(el, "target")
         cache = xmlread.uint(el, "cache") or 0
-        access = xmlread.enum(el, "type", LATENCY, required=True, nonzero=True)
-        assert initiator is not None and target is not None and access is not None
+        access = xmlread.required_enum(el, "type", LATENCY, nonzero=True)
         out.append(Interconnect(el.tag, initiator, target, cache, access))
     return tuple(out)
 
@@ -210,8 +207,7 @@ def _memnodes(root: Any, tune: Optional[NumaTune], ncells: int, budget: list[int
     memory_mode = tune.mode if tune is not None else "strict"
     seen: dict[int, MemNode] = {}
     for el in elements:
-        cid = xmlread.uint(el, "cellid", required=True)
-        assert cid is not None
+        cid = xmlread.required_uint(el, "cellid")
         if cid >= ncells:
             raise UnitError("Argument 'cellid' in memnode element must correspond to "
                             "existing guest's NUMA cell")

@@ -110,13 +110,10 @@ def memory_limit_kib(value: Optional[str], unit: Optional[str], xpath: str) -> O
     return None if size is None else -(-size // 1024)
 
 
-def uint(el: Any, attr: str, *, required: bool = False, limit: int = UINT_MAX
-         ) -> Optional[int]:
-    """virXMLPropUInt (base 10); ``limit=ULLONG_MAX``: virXMLPropULongLong."""
+def uint(el: Any, attr: str, *, limit: int = UINT_MAX) -> Optional[int]:
+    """virXMLPropUInt (base 10), None when absent; ``limit=ULLONG_MAX``: virXMLPropULongLong."""
     text = el.get(attr)
     if text is None:
-        if required:
-            raise UnitError(f"Missing required attribute '{attr}' in element '{el.tag}'")
         return None
     value = strtoull(text)
     if value is None or value > limit:
@@ -125,18 +122,38 @@ def uint(el: Any, attr: str, *, required: bool = False, limit: int = UINT_MAX
     return value
 
 
-def enum(el: Any, attr: str, values: tuple[str, ...], *, required: bool = False,
-         nonzero: bool = False) -> Optional[str]:
-    """virXMLPropEnum: ``values[0]`` is libvirt's zero value (refused with ``nonzero``)."""
+def required_uint(el: Any, attr: str, *, limit: int = UINT_MAX) -> int:
+    """:func:`uint` for an attribute libvirt requires (VIR_XML_PROP_REQUIRED)."""
+    value = uint(el, attr, limit=limit)
+    if value is None:
+        raise _missing(el, attr)
+    return value
+
+
+def _missing(el: Any, attr: str) -> UnitError:
+    return UnitError(f"Missing required attribute '{attr}' in element '{el.tag}'")
+
+
+def enum(el: Any, attr: str, values: tuple[str, ...], *, nonzero: bool = False
+         ) -> Optional[str]:
+    """virXMLPropEnum, None when absent: ``values[0]`` is libvirt's zero value (refused with
+    ``nonzero``)."""
     text = el.get(attr)
     if text is None:
-        if required:
-            raise UnitError(f"Missing required attribute '{attr}' in element '{el.tag}'")
         return None
     if text not in values or (nonzero and text == values[0]):
         raise UnitError(f"Invalid value for attribute '{attr}' in element '{el.tag}': "
                         f"'{clip(text)}'.")
     return text
+
+
+def required_enum(el: Any, attr: str, values: tuple[str, ...], *, nonzero: bool = False
+                  ) -> str:
+    """:func:`enum` for an attribute libvirt requires."""
+    value = enum(el, attr, values, nonzero=nonzero)
+    if value is None:
+        raise _missing(el, attr)
+    return value
 
 
 def tristate(el: Any, attr: str, values: tuple[str, str] = ("yes", "no")) -> Optional[bool]:

@@ -8,7 +8,7 @@ declaration, CDATA, character references, a missing final newline) comes out as 
 The scanner only needs to be right on well-formed XML (lxml has said so). It skips comments,
 processing instructions and CDATA whole, and reads quoted attribute values whole, so a ``>``
 or ``/`` inside them is harmless. After scanning, the element sequence is checked against
-lxml's, name by name; a mismatch is a bug here and raises ``AssertionError``.
+lxml's, name by name; a mismatch is a bug here and raises ``SelfCheckFailed`` (nothing is written).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Union
 
 from lxml import etree
 
+from hugexml.errors import SelfCheckFailed
 from hugexml.lazyre import pattern
 from hugexml.typed import Typed
 
@@ -78,17 +79,21 @@ def scan(data: bytes, start: int = 0) -> list[Span]:
                 break
         elif m.group(1) is not None:
             if not stack or stack[-1].name != m.group(2):
-                raise AssertionError(f"xmlsplice: unbalanced end tag at byte {m.start()}")
+                raise _bug(f"unbalanced end tag at byte {m.start()}")
             span = stack.pop()
             span.close_start = m.start()
             span.end = m.end()
             if not stack:
                 break
         elif m.group(5) is not None:
-            raise AssertionError("xmlsplice: a DOCTYPE reached the scanner")
+            raise _bug("a DOCTYPE reached the scanner")
     if stack or not spans:
-        raise AssertionError("xmlsplice: unclosed element")
+        raise _bug("unclosed element")
     return spans
+
+
+def _bug(reason: str) -> SelfCheckFailed:
+    return SelfCheckFailed(what="the byte-exact XML edit", reason=reason)
 
 
 _ELEMENT: Any = etree.Element  # iterchildren(_ELEMENT): elements only
@@ -111,8 +116,7 @@ class SpanMap:
         self.starts = [m.start() for m in _START.finditer(data) if m.lastindex]
         count = int(_COUNT(root))
         if len(self.starts) != count:
-            raise AssertionError(f"xmlsplice: {len(self.starts)} start tags scanned, lxml has "
-                                 f"{count} elements")
+            raise _bug(f"{len(self.starts)} start tags scanned, lxml has {count} elements")
         self._cache: dict[int, Span] = {}
 
     def index(self, element: Any) -> int:
@@ -128,7 +132,7 @@ class SpanMap:
         if span is None:
             span = scan(self.data, self.starts[k])[0]
             if element.tag.rpartition("}")[2] != span.local:
-                raise AssertionError(f"xmlsplice: scanned <{span.local}>, lxml has {element.tag}")
+                raise _bug(f"scanned <{span.local}>, lxml has {element.tag}")
             self._cache[k] = span
         return span
 
@@ -236,7 +240,7 @@ class Splice:
         pos = 0
         for start, end, _, new in sorted(self._ops):
             if start < pos:
-                raise AssertionError(f"xmlsplice: overlapping edits at byte {start}")
+                raise _bug(f"overlapping edits at byte {start}")
             out.append(self.data[pos:start])
             out.append(new)
             pos = end
