@@ -24,9 +24,17 @@ from lxml import etree
 
 from hugexml import conflicts
 from hugexml.errors import InvalidInput, InvalidXML, UnsupportedPageSize
-from hugexml.model import SYSTEM_PAGE_KIB, Domain, HostInfo, MemoryDevice
-from hugexml.plan import binding
-from hugexml.supply import HostSupply, Need, Tally, guest_key_of
+from hugexml.model import SYSTEM_PAGE_KIB, Domain, HostInfo
+from hugexml.supply import (  # re-exported: what borrows a cell's pages is refit's too
+    INHERITING_MODELS,
+    HostSupply,
+    Need,
+    Tally,
+    device_need,
+    guest_key_of,
+    inheriting_devices,
+    target_needs,
+)
 from hugexml.units import format_kib, format_nodeset
 from hugexml.xmlsafe import parse_bytes
 from hugexml.xmlsplice import Layout, NewElement, Span, SpanMap, Splice, bind
@@ -51,8 +59,6 @@ DOMAIN_ORDER = ("name", "uuid", "genid", "title", "description", "metadata", "ma
                 "memory", "currentMemory", "blkiotune", "memtune", "memoryBacking")
 BACKING_ORDER = ("hugepages", "nosharepages", "locked", "source", "access", "allocation",
                  "discard")
-# Memory devices whose RAM follows the target cell's <page> when they have no <pagesize>.
-INHERITING_MODELS = ("dimm", "virtio-mem")
 BARE = 0  # a bare <hugepages/> (or <page> without size): the host's default size
 CELL_ALIGN_KIB = 1024  # libvirt aligns guest RAM and cells to 1 MiB (x86)
 
@@ -115,13 +121,6 @@ def target_memory_kib(domain: Domain) -> dict[Optional[int], int]:
     return {None: align(domain.memory_kib)}
 
 
-def inheriting_devices(domain: Domain, target: Optional[int]) -> list[MemoryDevice]:
-    """Memory devices backed by ``target``'s page size (they have no <pagesize>)."""
-    return [dev for dev in domain.memory_devices
-            if dev.model in INHERITING_MODELS and dev.source_page_kib is None
-            and target is not None and dev.target_node == target]
-
-
 def current_pages(domain: Domain, system_page_kib: int = SYSTEM_PAGE_KIB) -> PageMap:
     """Per target, the page size the domain asks for now (BARE: the default; None: normal)."""
     targets = target_memory_kib(domain)
@@ -159,24 +158,6 @@ def largest_dividing(sizes_kib: Iterable[int], amounts_kib: Iterable[int]) -> Op
 def target_label(target: Optional[int], memory_kib: int) -> str:
     name = "memory" if target is None else f"cell {target}"
     return f"{name} ({format_kib(memory_kib)})"
-
-
-def device_need(domain: Domain, device: MemoryDevice, host: Optional[HostInfo]) -> Need:
-    """A memory device's pages: its own <nodemask> (strict), else its target cell's binding."""
-    if device.source_nodemask is not None:
-        return Need(f"{device.model} #{device.index}", device.size_kib,
-                    tuple(sorted(device.source_nodemask)), "strict")
-    nodes, policy = binding(domain, host, device.target_node)
-    return Need(f"{device.model} #{device.index}", device.size_kib, nodes, policy)
-
-
-def target_needs(domain: Domain, target: Optional[int], memory_kib: int,
-                 host: Optional[HostInfo]) -> list[Need]:
-    """What takes the target's page size: the target itself (unlabelled: the notes name it)
-    and the memory devices that borrow its pages, each with its host nodes (``plan``)."""
-    nodes, policy = binding(domain, host, target)
-    return [Need("", memory_kib, nodes, policy)] + [
-        device_need(domain, dev, host) for dev in inheriting_devices(domain, target)]
 
 
 def choose_fitting(needs: Sequence[Need], host_sizes: Iterable[int],

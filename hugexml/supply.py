@@ -19,7 +19,9 @@ its own, a running guest's pages are free again when it stops.
 node binding of each (``Need``; strict/restrictive: its node set, preferred: its node first,
 then every node, interleave: an even share on each node, unbound: any node, as
 ``fit.place`` places them) and the margin, so two cells bound to one node cannot count the
-same page. ``rewrite.choose_fitting`` asks it whether a size can be supplied (``take``); a
+same page. ``target_needs`` says what takes a target's page size (the cell and the memory
+devices that borrow its pages, bound as ``plan.binding`` binds them).
+``rewrite.choose_fitting`` asks the tally whether a size can be supplied (``take``); a
 ``Short`` says why not, in one clause.
 
 ``read_supply`` fills the snapshot: one view read through the HostGateway, buddyinfo, one
@@ -35,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from hugexml.model import Domain, HostInfo, MemoryDevice
 from hugexml.units import format_kib, format_nodeset
 
 Pool = tuple[int, int]  # (node, size_kib)
@@ -243,6 +246,41 @@ class Tally:
         nodes = sorted({n for need in needs for n in self.nodes_for(need, size_kib)})
         pages = sum(need.pages(size_kib) for need in needs)
         return f"{pages} pages on {where(nodes)} ({self.detail(nodes, size_kib)})"
+
+
+# --- what a guest's memory takes ----------------------------------------------------------
+# Memory devices whose RAM follows the target cell's <page> when they have no <pagesize>.
+INHERITING_MODELS = ("dimm", "virtio-mem")
+
+
+def inheriting_devices(domain: Domain, target: Optional[int]) -> list[MemoryDevice]:
+    """Memory devices backed by ``target``'s page size (they have no <pagesize>)."""
+    return [dev for dev in domain.memory_devices
+            if dev.model in INHERITING_MODELS and dev.source_page_kib is None
+            and target is not None and dev.target_node == target]
+
+
+def device_need(domain: Domain, device: MemoryDevice, host: Optional[HostInfo]) -> Need:
+    """A memory device's pages: its own <nodemask> (strict), else its target cell's binding."""
+    from hugexml.plan import binding
+
+    if device.source_nodemask is not None:
+        return Need(f"{device.model} #{device.index}", device.size_kib,
+                    tuple(sorted(device.source_nodemask)), "strict")
+    nodes, policy = binding(domain, host, device.target_node)
+    return Need(f"{device.model} #{device.index}", device.size_kib, nodes, policy)
+
+
+def target_needs(domain: Domain, target: Optional[int], memory_kib: int,
+                 host: Optional[HostInfo]) -> list[Need]:
+    """What takes a target's page size (a guest cell, or the whole RAM: None): the target
+    itself (unlabelled: the notes name it) and the memory devices that borrow its pages,
+    each with its host nodes as ``plan`` binds them."""
+    from hugexml.plan import binding
+
+    nodes, policy = binding(domain, host, target)
+    return [Need("", memory_kib, nodes, policy)] + [
+        device_need(domain, dev, host) for dev in inheriting_devices(domain, target)]
 
 
 # --- reading the host ------------------------------------------------------------------
