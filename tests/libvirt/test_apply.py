@@ -68,16 +68,26 @@ def test_2m_rewrite_auto_and_undo_with_backups(bed, tmp_path):
     assert backup.read_text() + "\n" == before
     assert oct(backup.stat().st_mode & 0o777) == "0o600"
 
-    # auto: 1 GiB of RAM, the host has 1G pages -> one 1G page.
+    # auto: 1 GiB of RAM; the pools are empty and nothing is kept, so no 1G page can be
+    # promised (MemFree is only an upper bound): 2M, and the note says why.
     out = apply(bed, backups, gig, "--page-size", "auto", "--json")
     report = json.loads(out.stdout)
     assert report["summary"]["changed"] == [gig]
-    assert inactive_backing(bed, gig) == [("1048576", "KiB")]
+    assert inactive_backing(bed, gig) == [("2048", "KiB")]
+    assert report["results"][0]["notes"][0].startswith(
+        "memory (1G): 2M pages: 1G: only 0 of 1 pages can be supplied on node 0 now (free 0, "
+        "kept 0, allocatable 0; MemFree allows up to "), report["results"][0]["notes"]
 
     # Running it again changes nothing and writes no backup.
     again = json.loads(apply(bed, backups, gig, "--page-size", "auto", "--json").stdout)
     assert again["summary"]["unchanged"] == [gig]
     assert len(list(backups.iterdir())) == 2
+
+    # largest: the largest size that divides, whatever the host can supply -> one 1G page.
+    out = apply(bed, backups, gig, "--page-size", "largest", "--json")
+    assert json.loads(out.stdout)["summary"]["changed"] == [gig]
+    assert inactive_backing(bed, gig) == [("1048576", "KiB")]
+    assert len(list(backups.iterdir())) == 3
 
     # --undo restores the definition byte for byte and marks the backup used.
     out = apply(bed, backups, "--undo", plain)
