@@ -356,7 +356,6 @@ def test_auto_counts_what_the_host_can_supply(conn, tmp_path, free_1g, kept_1g, 
 def test_cli_apply_auto_reads_the_state_dir(monkeypatch, capsys, conn, tmp_path):
     """On the fake kernel: 2M while no 1G page can be promised; after a 2 x 1G guest stopped
     (its pages kept), 1G."""
-    sys.path.insert(0, str(Path(__file__).parent))
     from simkernel import GIB, make_kernel
     from supplyfix import keep_pages
 

@@ -294,22 +294,15 @@ def test_a_refit_libvirt_would_refuse_is_not_made() -> None:
 
 
 # --- what the host can supply now ------------------------------------------------------------
+from supplyfix import supply_table  # noqa: E402
+
 from hugexml.supply import HostSupply, PoolSupply  # noqa: E402
 
 GIB = 1048576
 BOTH_MOUNTED = frozenset({M2, G1})
 
 
-def supply(pools: dict[tuple[int, int], tuple[int, ...]], nodes: tuple[int, ...] = (0, 1),
-           held: Optional[dict[str, dict[tuple[int, int], int]]] = None) -> HostSupply:
-    """{(node, size): (free, kept, allocatable[, bound])}; by default every node can add
-    5000 x 2M pages (buddyinfo), no 1G page, and has 32G above its margin."""
-    table = {(n, s): PoolSupply(0, 0, 5000 if s == M2 else 0) for n in nodes for s in (M2, G1)}
-    table.update({pool: PoolSupply(*numbers) for pool, numbers in pools.items()})
-    return HostSupply(nodes, table, dict.fromkeys(nodes, 32 * GIB), held or {})
-
-
-NO_1G = supply({(0, G1): (0, 0, 0, 8), (1, G1): (0, 0, 0, 8)})
+NO_1G = supply_table({(0, G1): (0, 0, 0, 8), (1, G1): (0, 0, 0, 8)})
 
 
 def test_a_size_the_host_cannot_supply_now_moves_down() -> None:
@@ -330,13 +323,13 @@ def test_a_size_the_host_cannot_supply_now_moves_down() -> None:
 
 
 def test_kept_pages_let_a_restored_guest_keep_its_size() -> None:
-    kept = supply({(0, G1): (1, 3, 0)})
+    kept = supply_table({(0, G1): (1, 3, 0)})
     result = refit_for_host(GUEST_1G, BOTH, BOTH_MOUNTED, "g1", supply=kept)
     assert result.data is GUEST_1G and not result.changed and result.notes == []
 
 
 def test_nothing_to_supply_means_normal_pages() -> None:
-    empty = supply({(n, M2): (0, 0, 100) for n in (0, 1)})
+    empty = supply_table({(n, M2): (0, 0, 100) for n in (0, 1)})
     result = refit_for_host(GUEST_1G, BOTH, BOTH_MOUNTED, "g1", supply=empty)
     assert b"hugepages" not in result.data and plans_cleanly(result.data, BOTH) == {None: None}
     assert result.notes == [
@@ -358,7 +351,7 @@ def test_a_devices_own_size_is_refitted_when_it_cannot_be_supplied() -> None:
     """NUMA on two nodes with both sizes: cell 0 (2G, node 3 gone: any node) takes node 0's
     two free 1G pages; the dimm's own 1G page (nodemask 2-3 gone: any node) finds none left;
     the other dimm borrows cell 1's 2M pages."""
-    two = supply({(0, G1): (2, 0, 0)})
+    two = supply_table({(0, G1): (2, 0, 0)})
     result = refit_for_host(NUMA, BOTH, BOTH_MOUNTED, "numa", supply=two)
     plan = make_plan(load_domain(result.data, "numa"), BOTH)
     assert {c.guest_cell: c.page_size_kib for c in plan.consumers if c.kind == "cell"} == \
@@ -368,7 +361,7 @@ def test_a_devices_own_size_is_refitted_when_it_cannot_be_supplied() -> None:
     assert dimm.startswith("dimm #0 (1G): 1G: only 0 of 1 pages for dimm #0 can be supplied on "
                            "nodes 0-1 now (free 2, kept 0, allocatable 0; 2 already counted for "
                            "this guest's other memory); now 2M pages")
-    three = supply({(0, G1): (3, 0, 0)})
+    three = supply_table({(0, G1): (3, 0, 0)})
     assert not any(n.startswith("dimm #0 (1G)") for n in
                    refit_for_host(NUMA, BOTH, BOTH_MOUNTED, "numa", supply=three).notes)
 
@@ -402,10 +395,6 @@ def test_refit_with_any_supply_fits_the_host(case: tuple[bytes, HostInfo,
 def test_the_restore_filter_counts_the_kept_pages_of_the_state(tmp_path, monkeypatch) -> None:
     """libvirt restores a 2 x 1G guest (node 0). With no 1G page free or kept, the filter
     writes 2M (and logs why); once the guest's pages are kept, the XML passes as it is."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from hookfix import call, guest_xml
     from simkernel import GIB as SIM_GIB
     from simkernel import make_kernel

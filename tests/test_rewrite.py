@@ -16,6 +16,8 @@ from typing import Any, Optional
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from simkernel import make_kernel
+from supplyfix import keep_pages, supply_table
 
 from hugexml.domxml import load_domain
 from hugexml.errors import InvalidDomain, InvalidInput, InvalidXML, UnsupportedPageSize
@@ -29,24 +31,15 @@ GOLDEN = REPO / "tests" / "golden" / "rewrite"
 G1 = 1048576
 M2 = 2048
 HOST = HostInfo(default_page_kib=M2, page_sizes_kib=(M2, G1), nodes=(0, 1, 2, 3))
+NODES = HOST.nodes
 GIB = 1048576
-
-
-def supply_table(pools: dict[tuple[int, int], tuple[int, ...]],
-                 nodes: tuple[int, ...] = (0, 1, 2, 3),
-                 held: Optional[dict[str, dict[tuple[int, int], int]]] = None) -> HostSupply:
-    """What the host can supply now: {(node, size): (free, kept, allocatable[, bound])};
-    every node can add 5000 x 2M pages (buddyinfo) and has 32G above its margin."""
-    table = {(n, s): PoolSupply(0, 0, 5000 if s == M2 else 0) for n in nodes for s in (M2, G1)}
-    table.update({pool: PoolSupply(*numbers) for pool, numbers in pools.items()})
-    return HostSupply(nodes, table, dict.fromkeys(nodes, 32 * GIB), held or {})
 
 
 # node 0: one kept 1G page; node 1: three free; nodes 2 and 3: one free each
 SUPPLY_NUMA = supply_table({(0, G1): (0, 1, 0, 12), (1, G1): (3, 0, 0), (2, G1): (1, 0, 0),
-                            (3, G1): (1, 0, 0)})
+                            (3, G1): (1, 0, 0)}, NODES)
 # no 1G page free or kept anywhere: MemFree would allow some, but that is no promise
-SUPPLY_NO_1G = supply_table({(n, G1): (0, 0, 0, 20) for n in range(4)})
+SUPPLY_NO_1G = supply_table({(n, G1): (0, 0, 0, 20) for n in range(4)}, NODES)
 
 # NAME -> (rewrite options, expected page size per consumer: guest cell, or None = whole RAM;
 #          None as a size = normal RAM, expected <source type>)
@@ -286,7 +279,7 @@ def test_the_guests_own_pages_count_for_it() -> None:
     data, _ = golden("supply-numa")
     key = guest_key_of("supply-numa", "7f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5")
     held = supply_table({(0, G1): (0, 1, 0), (1, G1): (3, 0, 0), (2, G1): (1, 0, 0),
-                         (3, G1): (1, 0, 0)}, held={str(key): {(0, G1): 1}})
+                         (3, G1): (1, 0, 0)}, NODES, held={str(key): {(0, G1): 1}})
     result = rewrite_xml(data, page_size_kib="auto", host=HOST, supply=held)
     assert plan_sizes(result.data)[0] == G1
     assert "(free 0, kept 1, this guest's own 1, allocatable 0)" in result.notes[0]
@@ -325,12 +318,12 @@ def test_a_device_with_its_own_page_size_takes_its_pages_first() -> None:
   </devices>
 </domain>
 """
-    two = supply_table({(0, G1): (2, 0, 0)})
+    two = supply_table({(0, G1): (2, 0, 0)}, NODES)
     result = rewrite_xml(data, page_size_kib="auto", host=HOST, supply=two)
     assert plan_sizes(result.data) == {0: M2}
     assert "1G: only 1 of 2 pages can be supplied on node 0 now (free 2, kept 0, allocatable 0; " \
            "1 already counted for this guest's other memory)" in result.notes[0]
-    three = supply_table({(0, G1): (3, 0, 0)})
+    three = supply_table({(0, G1): (3, 0, 0)}, NODES)
     assert plan_sizes(rewrite_xml(data, page_size_kib="auto", host=HOST, supply=three).data) \
         == {0: G1}
 
@@ -464,10 +457,6 @@ GUEST_2G_NODE_0 = b"""<domain type='kvm'>
 def test_cli_auto_counts_the_kept_pages_of_the_state_dir(tmp_path: Path) -> None:
     """On the fake kernel (2 nodes, 12G free each, no free 1G page): 2M, since no 1G page
     can be promised; after a 2 x 1G guest on node 0 stopped (its pages kept), 1G."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from simkernel import make_kernel
-    from supplyfix import keep_pages
-
     kernel = make_kernel("fake", str(tmp_path / "root"), nodes=2, mem_total_kib=16 * GIB,
                          mem_free_kib=12 * GIB)
     state, conf = tmp_path / "state", tmp_path / "hugexml.conf"

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import pytest
 from allocfix import G1, M2, guest, plan
 from simkernel import GIB, make_kernel
-from supplyfix import Clock, keep_pages
+from supplyfix import Clock, keep_pages, supply_table
 
 from hugexml.alloc import Allocator
 from hugexml.errors import HostError
@@ -37,10 +37,7 @@ def snapshot(pools: dict[tuple[int, int], tuple[int, ...]], nodes: tuple[int, ..
              room: Optional[dict[int, int]] = None,
              held: Optional[dict[str, dict[tuple[int, int], int]]] = None) -> HostSupply:
     """{(node, size): (free, kept, allocatable[, bound])}; pools not named are empty."""
-    table = {(n, s): PoolSupply() for n in nodes for s in SIZES}
-    for pool, numbers in pools.items():
-        table[pool] = PoolSupply(*numbers)
-    return HostSupply(nodes, table, room or dict.fromkeys(nodes, ROOMY), held or {})
+    return supply_table(pools, nodes, held, alloc_2m=0, room_kib=room or ROOMY)
 
 
 def cell(gib: float, nodes: Optional[tuple[int, ...]] = None, policy: Optional[str] = None,

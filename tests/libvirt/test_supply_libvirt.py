@@ -20,9 +20,10 @@ import random
 from pathlib import Path
 
 import pytest
-from differential import NUMAD, Oracle, shape, strip_hugepages
+from differential import NUMAD, shape, strip_hugepages
 from domgen import generate
 from libvirt_bed import MOUNTS
+from test_differential import oracle  # noqa: F401  (the differential's module fixture)
 
 from hugexml.errors import HugexmlError
 from hugexml.refit import refit_for_host
@@ -102,23 +103,6 @@ def test_apply_auto_takes_1g_once_a_stopped_guests_page_is_kept(bed, tmp_path):
                                          "pages on node 0 (free 0, kept 1, allocatable 0")
 
 
-@pytest.fixture(scope="module")
-def oracle(testbed):
-    import libvirt
-
-    from hugexml.hostinfo import read_host_info
-    from hugexml.root import HostRoot
-
-    oracle = Oracle(libvirt.open("qemu:///system"), read_host_info(HostRoot("/")), dict(MOUNTS))
-    try:
-        yield oracle
-    finally:
-        try:
-            oracle.conn.close()
-        except libvirt.libvirtError:
-            pass
-
-
 def random_supply(rng: random.Random, nodes: tuple[int, ...]) -> HostSupply:
     """Scarce and uneven: few 1G pages, sometimes few 2M pages, sometimes no room."""
     pools = {}
@@ -131,7 +115,7 @@ def random_supply(rng: random.Random, nodes: tuple[int, ...]) -> HostSupply:
     return HostSupply(nodes, pools, room)
 
 
-def test_libvirt_accepts_what_supply_aware_auto_and_the_refit_write(oracle):
+def test_libvirt_accepts_what_supply_aware_auto_and_the_refit_write(oracle):  # noqa: F811
     rng = random.Random(SEED)
     counts: collections.Counter[str] = collections.Counter()
     bad: list[tuple[str, str]] = []
