@@ -34,17 +34,22 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from hugexml.model import Domain, HostInfo, MemoryDevice
+from hugexml.typed import Typed, field
 from hugexml.units import format_kib, format_nodeset
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the filter's path imports this module
+if TYPE_CHECKING:  # pragma: no cover
+    from hugexml.fit import HostView, Margin
+    from hugexml.gateway import Gateway
+    from hugexml.root import HostRoot
 
 Pool = tuple[int, int]  # (node, size_kib)
 
 
-@dataclass(frozen=True)
-class PoolSupply:
+class PoolSupply(Typed, frozen=True):
     free: int = 0
     kept: int = 0
     allocatable: int = 0
@@ -57,8 +62,7 @@ class PoolSupply:
                 raise ValueError(f"PoolSupply.{name}: {value!r} is not a page count")
 
 
-@dataclass(frozen=True)
-class HostSupply:
+class HostSupply(Typed, frozen=True):
     nodes: tuple[int, ...]
     pools: Mapping[Pool, PoolSupply]
     room_kib: Mapping[int, int] = field(default_factory=dict)  # MemFree - margin floor
@@ -66,8 +70,7 @@ class HostSupply:
     notes: tuple[str, ...] = ()  # what the read could not see
 
 
-@dataclass(frozen=True)
-class Need:
+class Need(Typed, frozen=True):
     """Memory that takes pages of one size: a guest cell (or the whole RAM), or a device."""
 
     label: str
@@ -96,8 +99,7 @@ def where(nodes: Sequence[int]) -> str:
     return f"node {nodes[0]}" if len(nodes) == 1 else f"nodes {format_nodeset(list(nodes))}"
 
 
-@dataclass(frozen=True)
-class Short:
+class Short(Typed, frozen=True):
     """A size the host cannot supply now for one need: what it got, of what, and why."""
 
     size_kib: int
@@ -284,7 +286,7 @@ def target_needs(domain: Domain, target: Optional[int], memory_kib: int,
 
 
 # --- reading the host ------------------------------------------------------------------
-def read_supply(gateway: Any, state_dir: Optional[str], margin: Any,
+def read_supply(gateway: Gateway, state_dir: Optional[str], margin: Margin,
                 clock: Callable[[], float] = time.time, wait: bool = True) -> HostSupply:
     """The snapshot: the kernel's counters (one view read), buddyinfo, and the state store
     (kept pages, pending claims, what each guest holds). ``wait``: read under the store's
@@ -317,7 +319,7 @@ def read_supply(gateway: Any, state_dir: Optional[str], margin: Any,
     return HostSupply(view.nodes, pools, room, held, tuple(notes))
 
 
-def _read_state(gateway: Any, state_dir: str, view: Any, now: float, wait: bool,
+def _read_state(gateway: Gateway, state_dir: str, view: HostView, now: float, wait: bool,
                 notes: list[str]) -> tuple[dict[Pool, int], dict[str, dict[Pool, int]]]:
     """Kept pages per pool and the pages each guest holds; pending claims go into
     ``view.claims``. A store that cannot be read counts nothing, with a note."""
@@ -348,8 +350,8 @@ def _read_state(gateway: Any, state_dir: str, view: Any, now: float, wait: bool,
     return {p: n for p, n in kept.items() if n}, held
 
 
-def host_supply(root: Any, state_dir: Optional[str], config_path: str,
-                config_explicit: bool = False, gateway: Any = None,
+def host_supply(root: HostRoot, state_dir: Optional[str], config_path: str,
+                config_explicit: bool = False, gateway: Optional[Gateway] = None,
                 wait: bool = True) -> HostSupply:
     """``read_supply`` for a host root, with the margin of the config ([allocation]
     margin_min, margin_percent). Raises HugexmlError."""
