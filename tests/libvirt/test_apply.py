@@ -1,7 +1,8 @@
 """hugexml apply against the real libvirtd of the test bed (tests/libvirt/conftest.py).
 
 Defined guests are rewritten through libvirt-python: an explicit 2M rewrite, auto, --undo,
---all over a mix (one refused), backups on disk, a running guest left alone until its
+--all over a mix (auto leaves a guest no size can be supplied for on normal pages, largest
+refuses it), backups on disk, a running guest left alone until its
 restart, and a 2M guest started after apply that really maps 2M pages.
 """
 
@@ -113,15 +114,26 @@ def test_all_over_a_mix_refuses_what_does_not_fit(bed, tmp_path):
         Path("/sys/devices/system/node/node0/meminfo").read_text().split("MemTotal:")[1].split()[0]
     )
     too_big = bed.define("mix-huge", memory_mib=(mem_kib // 1024 // 1024 + 4) * 1024, page_kib=None)
-    out = apply(bed, backups, "--all", "--page-size", "auto", "--json", check=False)
+    # largest would give the huge guest a plan that can never fit: refused, nothing defined
+    out = apply(bed, backups, "--all", "--page-size", "largest", "--dry-run", "--json",
+                check=False)
     assert out.returncode == 1, out.stderr
     report = json.loads(out.stdout)
-    s = report["summary"]
-    assert s["refused"] == [too_big]
-    assert plain in s["changed"]
-    assert {done, odd} <= set(s.get("unchanged", []) + s.get("changed", []))
+    assert report["summary"]["refused"] == [too_big]
     refused = next(r for r in report["results"] if r["name"] == too_big)
     assert f"domain '{too_big}': refused" in refused["message"]
+    assert not backups.exists()
+    # auto counts only what the host can supply: no hugepage size can be supplied for the
+    # huge guest, so it stays on normal pages (unchanged), and the note says why
+    out = apply(bed, backups, "--all", "--page-size", "auto", "--json", check=False)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    s = report["summary"]
+    assert plain in s["changed"] and too_big in s["unchanged"]
+    assert {done, odd} <= set(s.get("unchanged", []) + s.get("changed", []))
+    huge = next(r for r in report["results"] if r["name"] == too_big)
+    assert "no host page size that divides" in huge["notes"][0] and \
+        "can be supplied now" in huge["notes"][0], huge["notes"]
     assert inactive_backing(bed, too_big) == []  # left exactly as it was
     assert inactive_backing(bed, plain) == [("2048", "KiB")]  # 256 MiB: 2M divides, 1G not
     assert len(list(backups.iterdir())) == len(s["changed"])
