@@ -53,6 +53,45 @@ def fake_root(base: Path) -> Optional[Path]:
     return Path(fk.root)
 
 
+HUGE_1G = PLAIN.replace(b"<memory unit='MiB'>128</memory>", b"<memory unit='GiB'>2</memory>") \
+    .replace(b"<vcpu", b"<memoryBacking><hugepages><page size='1048576' unit='KiB'/>"
+                       b"</hugepages></memoryBacking>\n  <vcpu", 1)
+
+
+def restore_host(base: Path) -> Optional[tuple[Path, Path]]:
+    """A two-node fake root with both sizes mounted and a state dir as a busy host has it:
+    two 1G pages kept from a guest that stopped, two guests starting (pending claims). The
+    restore filter reads all of it to know what the host can supply (hugexml.supply)."""
+    try:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from fakekernel import FakeKernel  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    from hugexml.alloc import Allocator
+    from hugexml.config import Config
+    from hugexml.model import GuestId
+    from hugexml.plan import plan_xml
+
+    fk = FakeKernel(str(base / "rroot"), mounts=[("/dev/hugepages", 2048),
+                                                 ("/dev/hugepages1G", 1048576)])
+    state = base / "rstate"
+    host = __import__("hugexml.hostinfo", fromlist=["x"]).read_host_info(fk.host_root)
+    alloc = Allocator(fk.gateway(), str(state), Config())
+    def guest(xml: bytes, name: str, n: int) -> tuple[Any, GuestId]:
+        uuid = f"{n:08x}-9c61-4f0e-8d2b-3c4a5e6f7a81"
+        xml = xml.replace(b"<name>bench</name>", f"<name>{name}</name>".encode()).replace(
+            b"0b5e7d2a-9c61-4f0e-8d2b-3c4a5e6f7a81", uuid.encode())
+        return plan_xml(xml, host), GuestId(name, uuid)
+
+    gone = guest(HUGE_1G, "gone", 1)
+    alloc.reserve(*gone)
+    alloc.settle(gone[1])
+    alloc.release(gone[1])  # its 2 x 1G pages are kept (1G=10m)
+    for i in range(2):
+        alloc.reserve(*guest(HUGE_2M, f"vm{i}", 2 + i))
+    return Path(fk.root), state
+
+
 def measure(cases: dict[str, tuple[list[str], bytes, dict[str, str]]],
             rounds: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in cases}
@@ -116,6 +155,12 @@ def main() -> int:
             cases["release end, 2M guest, fake root"] = (
                 [*h, "release", "end", "-"], HUGE_2M, fenv)
             info = ["prepare begin, 2M guest, fake root", "release end, 2M guest, fake root"]
+            rhost = restore_host(base)
+            if rhost is not None:
+                renv = dict(env, HUGEXML_ROOT=str(rhost[0]), HUGEXML_STATE_DIR=str(rhost[1]))
+                cases["restore begin, 1G guest, fake root"] = (
+                    [*h, "restore", "begin", "-"], HUGE_1G, renv)
+                info.append("restore begin, 1G guest, fake root")
         times = measure(cases, args.rounds)
 
     baseline = statistics.median(times["python -I -c pass (baseline)"])

@@ -119,7 +119,7 @@ def main() -> int:
             small.read_bytes()))
     lock = None
     if real:
-        lock = open(LOCK, "w")
+        lock = open(LOCK, "w")  # held for the whole run
         fcntl.flock(lock, fcntl.LOCK_EX)
         before = int(Path(NR).read_text())
 

@@ -2,7 +2,8 @@
 
 For each domain: read its persistent XML (inactive, with secrets, as ``virsh dumpxml
 --inactive --security-info``), rewrite ``<memoryBacking>`` with ``hugexml.rewrite`` (the
-same code as ``hugexml rewrite``), show the diff, save the old XML under the backup dir
+same code as ``hugexml rewrite``; ``auto`` judged by one snapshot of what the host can
+supply now, ``hugexml.supply``), show the diff, save the old XML under the backup dir
 (atomic, mode 0600: it can hold secrets), then ``defineXML`` the new one. Nothing is
 defined without a backup. A running guest keeps running; the new XML applies at its next
 start. ``undo`` redefines the newest backup and marks it used, so undos walk back in time.
@@ -23,6 +24,7 @@ from typing import Any, Callable, Optional, Union
 
 from hugexml.errors import HostError, HugexmlError, InvalidInput, LibvirtError
 from hugexml.model import HostInfo, Plan
+from hugexml.supply import HostSupply
 
 DEFAULT_BACKUP_DIR = "/var/lib/hugexml/backups"
 # libvirt's stable ABI values (libvirt-domain.h), so fakes need not import libvirt.
@@ -124,6 +126,8 @@ class Applier:
         dry_run: bool = False,
         fit_check: Optional[FitCheck] = None,
         clock: Callable[[], float] = time.time,
+        supply: Optional[HostSupply] = None,
+        supply_notes: Sequence[str] = (),
     ) -> None:
         self.conn = conn
         self.libvirt_error = libvirt_error
@@ -132,6 +136,10 @@ class Applier:
         self.dry_run = dry_run
         self.fit_check = fit_check
         self.clock = clock
+        # what the host can supply now, for ``auto`` (one snapshot for every guest: each is
+        # judged alone, its own pages counting for it), and what reading it could not see
+        self.supply = supply
+        self.supply_notes = list(supply_notes)
 
     # --- libvirt calls, each error one line ----------------------------------------------
     def _call(self, name: str, what: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -213,9 +221,10 @@ class Applier:
             memfd=memfd,
             drop_ondemand=drop_ondemand,
             source=f"domain '{name}'",
+            supply=self.supply,
         )
         running = bool(self._call(name, "isActive", dom.isActive))
-        notes = list(result.notes)
+        notes = (self.supply_notes if page_size == "auto" else []) + list(result.notes)
         if not result.changed:
             return Outcome(
                 name,

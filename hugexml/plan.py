@@ -41,8 +41,9 @@ def _page_map(domain: Domain, host: Optional[HostInfo]) -> tuple[Optional[int], 
     return master, per_cell
 
 
-def _binding(domain: Domain, host: Optional[HostInfo], cell: Optional[int]
-             ) -> tuple[Optional[tuple[int, ...]], Optional[str]]:
+def binding(domain: Domain, host: Optional[HostInfo], cell: Optional[int]
+            ) -> tuple[Optional[tuple[int, ...]], Optional[str]]:
+    """(host nodes or None for any, numatune mode) of a guest cell (None: the whole RAM)."""
     nt = domain.numatune
     if nt is None:
         return None, None
@@ -78,14 +79,14 @@ def make_plan(domain: Domain, host: Optional[HostInfo]) -> Plan:
             page = huge(per_cell.get(cell.cell_id, master))
             cell_page[cell.cell_id] = page
             size = _round_up(cell.memory_kib, CELL_ALIGN_KIB)
-            nodes, policy = _binding(domain, host, cell.cell_id)
+            nodes, policy = binding(domain, host, cell.cell_id)
             shared = (cell.mem_access or domain.access) == "shared"
             consumers.append(_consumer("cell", cell.cell_id, None, size, page, nodes, policy,
                                        source(page), shared))
     else:
         page = huge(master)
         size = _round_up(domain.initial_memory_kib, CELL_ALIGN_KIB)
-        nodes, policy = _binding(domain, host, None)
+        nodes, policy = binding(domain, host, None)
         consumers.append(_consumer("memory", None, None, size, page, nodes, policy,
                                    source(page), domain.access == "shared"))
     for dev in domain.memory_devices:
@@ -99,7 +100,7 @@ def make_plan(domain: Domain, host: Optional[HostInfo]) -> Plan:
         if dev.source_nodemask is not None:
             nodes, policy = tuple(sorted(dev.source_nodemask)), "strict"
         else:
-            nodes, policy = _binding(domain, host, dev.target_node)
+            nodes, policy = binding(domain, host, dev.target_node)
         shared = (dev.access or domain.access) == "shared"
         consumers.append(_consumer(dev.model, dev.target_node, dev.index, size, page, nodes,
                                    policy, source(page), shared))

@@ -4,7 +4,10 @@
   (of the cell and of the devices that borrow its pages; a memory device's own
   ``<pagesize>`` alike); normal pages when none divides. For file-backed memory (the
   default) "can give" also means a hugetlbfs mount the libvirt daemon knows
-  (``mounted_sizes_kib``); memfd-backed memory needs no mount;
+  (``mounted_sizes_kib``); memfd-backed memory needs no mount. With a ``supply``
+  (``hugexml.supply``), "can give" also means the host can supply the pages there now
+  (free, kept, or what buddyinfo says the node can add, within the margin): a size it
+  cannot becomes the next smaller one it can (``rewrite.choose_fitting``);
 - ``<numatune>`` nodesets and memory devices' ``<nodemask>`` lose the host nodes that do not
   exist here; a binding left with no node is removed.
 
@@ -24,7 +27,7 @@ from typing import Any, Optional
 
 from hugexml import conflicts
 from hugexml.errors import InvalidDomain
-from hugexml.model import MEMORY_DEVICE_MODELS, HostInfo
+from hugexml.model import MEMORY_DEVICE_MODELS, Domain, HostInfo
 from hugexml.rewrite import (
     BARE,
     DEVICE_NODEMASK,
@@ -41,12 +44,14 @@ from hugexml.rewrite import (
     choose_fitting,
     current_pages,
     describe,
-    largest_dividing,
+    device_need,
     target_label,
     target_memory_kib,
+    target_needs,
     verify,
     write_backing,
 )
+from hugexml.supply import HostSupply, Need, Tally, guest_key_of
 from hugexml.units import UnitError, format_kib, format_nodeset, parse_nodeset
 from hugexml.xmlsafe import parse_bytes
 
@@ -72,20 +77,27 @@ class Usable:
 
 
 def refit_for_host(data: bytes, host: HostInfo, mounted_sizes_kib: Optional[Iterable[int]] = None,
-                   source: str = "<stdin>") -> RewriteResult:
+                   source: str = "<stdin>", supply: Optional[HostSupply] = None
+                   ) -> RewriteResult:
     """Refit ``data`` to ``host``. ``mounted_sizes_kib``: the hugetlbfs page sizes the libvirt
-    daemon can use (None: unknown, mounts are not considered)."""
+    daemon can use (None: unknown, mounts are not considered). ``supply``: what the host can
+    supply now (None: not considered)."""
     tree = parse_bytes(data, source)
     if tree.getroot().tag != "domain":  # e.g. a <domstatus>: not ours to change
         return RewriteResult(data, False, [])
     doc = Doc(data, source, tree)
     usable = Usable(host, mounted_sizes_kib, doc.domain.source != "memfd")
+    tally = Tally(supply, guest_key_of(doc.domain.name, doc.domain.uuid)) \
+        if supply is not None else None
     notes: list[str] = []
-    desired = refit_pages(doc, usable, notes)
-    refit_devices(doc, usable, notes)
+    node_notes: list[str] = []
     if host.nodes:
-        refit_numatune(doc, frozenset(host.nodes), notes)
-        refit_nodemasks(doc, frozenset(host.nodes), notes)
+        refit_numatune(doc, frozenset(host.nodes), node_notes)
+        refit_nodemasks(doc, frozenset(host.nodes), node_notes)
+    bound = bound_here(doc, source) if tally is not None else doc.domain
+    desired = refit_pages(doc, bound, usable, tally, notes)
+    refit_devices(doc, bound, usable, tally, notes)
+    notes += node_notes
     if desired is not None:
         write_backing(doc, desired, None)
     result = doc.result(notes)
@@ -96,8 +108,37 @@ def refit_for_host(data: bytes, host: HostInfo, mounted_sizes_kib: Optional[Iter
     return result
 
 
-def refit_pages(doc: Doc, usable: Usable, notes: list[str]) -> Optional[PageMap]:
-    """The page map with every size that cannot be had replaced; None when all fit."""
+def bound_here(doc: Doc, source: str) -> Domain:
+    """The domain with the node bindings refitted so far: where each memory may take pages
+    here (a binding whose nodes are all gone gives way to the one above it, as libvirt
+    reads what the refit writes)."""
+    if not doc.splice:
+        return doc.domain
+    from hugexml.domxml import parse_domain_tree
+
+    return parse_domain_tree(parse_bytes(doc.splice.apply(), source), source)
+
+
+def refit_size(needs: list[Need], size: Optional[int], usable: Usable, tally: Optional[Tally]
+               ) -> Optional[tuple[Optional[int], str]]:
+    """None when ``size`` (None: normal pages) can be had (and, with a tally, supplied now:
+    it then takes its pages); else (the size it becomes, why, for the notes)."""
+    if size is not None and size not in usable.sizes:
+        new, why = choose_fitting(needs, usable.sizes, tally)
+        return new, f"{usable.why_not(size)}; now {describe(new)} ({why})"
+    if size is None or tally is None:
+        return None
+    short = tally.take(needs, size)
+    if short is None:
+        return None
+    new, why = choose_fitting(needs, [s for s in usable.sizes if s < size], tally)
+    return new, f"{short}; now {describe(new)} ({why})"
+
+
+def refit_pages(doc: Doc, bound: Domain, usable: Usable, tally: Optional[Tally],
+                notes: list[str]) -> Optional[PageMap]:
+    """The page map with every size that cannot be had replaced; None when all fit.
+    ``bound``: the domain with its node bindings as refitted (where pages may come from)."""
     domain, host = doc.domain, usable.host
     current = current_pages(domain, host.system_page_kib)
     targets = target_memory_kib(domain)
@@ -107,11 +148,16 @@ def refit_pages(doc: Doc, usable: Usable, notes: list[str]) -> Optional[PageMap]
         size = host.default_page_kib if asked == BARE else asked
         if size is not None and size == host.system_page_kib:
             size = None
-        if (asked == BARE and size is None) or (size is not None and size not in usable.sizes):
-            new, why = choose_fitting(domain, target, targets[target], usable.sizes)
-            notes.append(f"{target_label(target, targets[target])}: {usable.why_not(size)}; "
-                         f"now {describe(new)} ({why})")
-            size = new
+        needs = target_needs(bound, target, targets[target], host)
+        if asked == BARE and size is None:
+            new, why = choose_fitting(needs, usable.sizes, tally)
+            refit: Optional[tuple[Optional[int], str]] = (
+                new, f"{usable.why_not(None)}; now {describe(new)} ({why})")
+        else:
+            refit = refit_size(needs, size, usable, tally)
+        if refit is not None:
+            size = refit[0]
+            notes.append(f"{target_label(target, targets[target])}: {refit[1]}")
             changed = True
         desired[target] = size
     return desired if changed else None
@@ -122,23 +168,25 @@ def device_elements(doc: Doc) -> list[Any]:
     return [el for el in MEMORY_DEVICES(doc.root) if el.get("model") in MEMORY_DEVICE_MODELS]
 
 
-def refit_devices(doc: Doc, usable: Usable, notes: list[str]) -> None:
+def refit_devices(doc: Doc, bound: Domain, usable: Usable, tally: Optional[Tally],
+                  notes: list[str]) -> None:
     """Memory devices' own <pagesize>: a size that cannot be had becomes one that can."""
     system_kib = usable.host.system_page_kib
     elements = device_elements(doc)
     for device in doc.domain.memory_devices:
         size = device.source_page_kib
-        if device.model not in INHERITING_MODELS or size is None or size == system_kib \
-                or size in usable.sizes:
+        if device.model not in INHERITING_MODELS or size is None or size == system_kib:
             continue
-        element = elements[device.index]
-        new = largest_dividing(usable.sizes, [device.size_kib]) or system_kib
-        span = doc.span(DEVICE_PAGESIZE(element)[0])
+        refit = refit_size([device_need(bound, bound.memory_devices[device.index], usable.host)],
+                           size, usable, tally)
+        if refit is None:
+            continue
+        new = refit[0] or system_kib
+        span = doc.span(DEVICE_PAGESIZE(elements[device.index])[0])
         doc.splice.set_text(span, str(new))
         doc.splice.set_attribute(span, "unit", "KiB")
         notes.append(f"{device.model} #{device.index} ({format_kib(device.size_kib)}): "
-                     f"{usable.why_not(size)}; now "
-                     + describe(new if new != system_kib else None))
+                     f"{refit[1]}")
 
 
 def fit_nodes(text: Optional[str], nodes: frozenset[int], doc: Doc, what: str,

@@ -1,9 +1,11 @@
 """Rewrite a domain's ``<memoryBacking>`` page sizes, leaving every other byte as it was.
 
-``rewrite_xml`` is ``hugexml rewrite``: an explicit page size or ``auto`` (per guest cell,
-the largest host page size that divides the cell's memory), optionally for some cells only,
-optionally moving the memory to memfd. ``refit_for_host`` (in ``hugexml.refit``, re-exported
-here) is the migrate/restore hook filter.
+``rewrite_xml`` is ``hugexml rewrite``: an explicit page size, ``auto`` (per guest cell,
+the largest host page size that divides the cell's memory and that the host can supply there
+now, ``hugexml.supply``) or ``largest`` (the largest that divides, supply or not),
+optionally for some cells only, optionally moving the memory to memfd. ``choose_fitting`` is
+the one place a page size is chosen. ``refit_for_host`` (``hugexml.refit``, wrapped here
+with the host's supply) is the migrate/restore hook filter.
 
 How: lxml reads the document (``xmlsafe``) and ``domxml`` turns it into the model; the
 decision is made on a map {guest cell (None: whole RAM) -> page size KiB (None: normal
@@ -14,7 +16,7 @@ second run changes nothing.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -23,6 +25,16 @@ from lxml import etree
 from hugexml import conflicts
 from hugexml.errors import InvalidInput, InvalidXML, UnsupportedPageSize
 from hugexml.model import SYSTEM_PAGE_KIB, Domain, HostInfo
+from hugexml.supply import (  # re-exported: what borrows a cell's pages is refit's too
+    INHERITING_MODELS,
+    HostSupply,
+    Need,
+    Tally,
+    device_need,
+    guest_key_of,
+    inheriting_devices,
+    target_needs,
+)
 from hugexml.units import format_kib, format_nodeset
 from hugexml.xmlsafe import parse_bytes
 from hugexml.xmlsplice import Layout, NewElement, Span, SpanMap, Splice, bind
@@ -47,8 +59,6 @@ DOMAIN_ORDER = ("name", "uuid", "genid", "title", "description", "metadata", "ma
                 "memory", "currentMemory", "blkiotune", "memtune", "memoryBacking")
 BACKING_ORDER = ("hugepages", "nosharepages", "locked", "source", "access", "allocation",
                  "discard")
-# Memory devices whose RAM follows the target cell's <page> when they have no <pagesize>.
-INHERITING_MODELS = ("dimm", "virtio-mem")
 BARE = 0  # a bare <hugepages/> (or <page> without size): the host's default size
 CELL_ALIGN_KIB = 1024  # libvirt aligns guest RAM and cells to 1 MiB (x86)
 
@@ -111,16 +121,6 @@ def target_memory_kib(domain: Domain) -> dict[Optional[int], int]:
     return {None: align(domain.memory_kib)}
 
 
-def inheriting_devices(domain: Domain, target: Optional[int]) -> list[tuple[str, int]]:
-    """(label, size KiB) of memory devices backed by ``target``'s page size."""
-    return [
-        (f"{dev.model} #{dev.index}", dev.size_kib)
-        for dev in domain.memory_devices
-        if dev.model in INHERITING_MODELS and dev.source_page_kib is None
-        and target is not None and dev.target_node == target
-    ]
-
-
 def current_pages(domain: Domain, system_page_kib: int = SYSTEM_PAGE_KIB) -> PageMap:
     """Per target, the page size the domain asks for now (BARE: the default; None: normal)."""
     targets = target_memory_kib(domain)
@@ -160,25 +160,44 @@ def target_label(target: Optional[int], memory_kib: int) -> str:
     return f"{name} ({format_kib(memory_kib)})"
 
 
-def choose_fitting(domain: Domain, target: Optional[int], memory_kib: int,
-                   host_sizes: Iterable[int]) -> tuple[Optional[int], str]:
-    """The largest host page size dividing the target's RAM and the devices it backs.
+def choose_fitting(needs: Sequence[Need], host_sizes: Iterable[int],
+                   tally: Optional[Tally] = None) -> tuple[Optional[int], str]:
+    """The one place a page size is chosen: the largest host page size dividing the memory
+    of every need (a target and the devices that borrow its pages); with a ``tally``, only a
+    size the host can supply there now (``supply``), else the next one down, down to normal
+    pages (the tally keeps what the chosen size takes).
 
     Returns the size (None: normal pages) and why, for the notes.
     """
     sizes = sorted(set(host_sizes), reverse=True)
-    devices = inheriting_devices(domain, target)
-    chosen = largest_dividing(sizes, [memory_kib] + [size for _, size in devices])
+    amounts = [need.memory_kib for need in needs]
     listed = ", ".join(format_kib(s) for s in sizes) or "none"
-    what = " and ".join([format_kib(memory_kib)] + [f"{name} ({format_kib(kib)})"
-                                                   for name, kib in devices])
-    if chosen is None:
+    what = " and ".join([format_kib(amounts[0])] + [f"{need.label} ({format_kib(need.memory_kib)})"
+                                                    for need in needs[1:]])
+    dividing = [size for size in sizes if all(amount % size == 0 for amount in amounts)]
+    if not dividing:
         return None, f"no host page size ({listed}) divides {what}"
-    why = f"the largest host page size ({listed}) that divides {what}"
-    larger = [size for size in sizes if size > chosen]
-    if larger:
-        why += f" ({', '.join(format_kib(size) for size in larger)}: no)"
-    return chosen, why
+    if tally is None:
+        chosen = dividing[0]
+        why = f"the largest host page size ({listed}) that divides {what}"
+        larger = [size for size in sizes if size > chosen]
+        if larger:
+            why += f" ({', '.join(format_kib(size) for size in larger)}: no)"
+        return chosen, why
+    refused: list[str] = [f"{format_kib(size)} does not divide {what}"
+                          for size in sizes if size > dividing[0]]
+    for size in dividing:
+        supplied = tally.describe(needs, size)
+        short = tally.take(needs, size)
+        if short is None:
+            why = (f"the largest host page size ({listed}) that divides {what} and can be "
+                   f"supplied now: {supplied}")
+            if refused:
+                why = "; ".join(refused) + f"; {format_kib(size)} chosen: {why}"
+            return size, why
+        refused.append(str(short))
+    refused.append(f"no host page size that divides {what} can be supplied now")
+    return None, "; ".join(refused)
 
 
 def describe(size_kib: Optional[int]) -> str:
@@ -262,9 +281,13 @@ def insert_ordered(doc: Doc, parent: Any, element: NewElement, order: tuple[str,
 # --- hugexml rewrite ---------------------------------------------------------------------
 def rewrite_xml(data: bytes, *, page_size_kib: PageSizeOption, host: Optional[HostInfo],
                 cells: Optional[frozenset[int]] = None, memfd: bool = False,
-                drop_ondemand: bool = False, source: str = "<stdin>") -> RewriteResult:
-    """Set the page size of ``cells`` (all when None), explicitly or ``"auto"``; refuse
-    (InvalidDomain) rather than return XML libvirt refuses (``conflicts``)."""
+                drop_ondemand: bool = False, source: str = "<stdin>",
+                supply: Optional[HostSupply] = None) -> RewriteResult:
+    """Set the page size of ``cells`` (all when None), explicitly, ``"auto"`` or
+    ``"largest"``; refuse (InvalidDomain) rather than return XML libvirt refuses
+    (``conflicts``). ``auto`` with a ``supply`` counts a size only where this host can
+    supply it now (``choose_fitting``); without one, and ``largest``, the largest size that
+    divides."""
     doc = Doc(data, source)
     domain = doc.domain
     system_kib = host.system_page_kib if host is not None else SYSTEM_PAGE_KIB
@@ -273,12 +296,17 @@ def rewrite_xml(data: bytes, *, page_size_kib: PageSizeOption, host: Optional[Ho
     current = current_pages(domain, system_kib)
     notes: list[str] = []
     want: PageMap = {}
-    if page_size_kib is None or page_size_kib == "auto":
+    if page_size_kib is None or page_size_kib in ("auto", "largest"):
         if host is None:
-            raise InvalidInput(reason="--page-size auto needs the host's page sizes")
+            raise InvalidInput(reason=f"--page-size {page_size_kib or 'auto'} needs the host's "
+                               "page sizes")
+        tally = None
+        if page_size_kib != "largest" and supply is not None:
+            tally = Tally(supply, guest_key_of(domain.name, domain.uuid))
+            hold_the_rest(tally, domain, host, targets, current, chosen)
         for target in chosen:
-            want[target], why = choose_fitting(domain, target, targets[target],
-                                               host.page_sizes_kib)
+            want[target], why = choose_fitting(
+                target_needs(domain, target, targets[target], host), host.page_sizes_kib, tally)
             notes.append(f"{target_label(target, targets[target])}: {describe(want[target])}: "
                          f"{why}")
     elif isinstance(page_size_kib, int):
@@ -287,7 +315,8 @@ def rewrite_xml(data: bytes, *, page_size_kib: PageSizeOption, host: Optional[Ho
             want[target] = None if size == system_kib else size
             notes.extend(misfit_notes(domain, target, targets[target], want[target]))
     else:
-        raise InvalidInput(reason=f"page size {page_size_kib!r} is not a size or 'auto'")
+        raise InvalidInput(reason=f"page size {page_size_kib!r} is not a size, 'auto' or "
+                           "'largest'")
     desired: PageMap = dict(current)
     desired.update(want)
     for target, asked in desired.items():
@@ -305,6 +334,21 @@ def rewrite_xml(data: bytes, *, page_size_kib: PageSizeOption, host: Optional[Ho
     result = doc.result(notes)
     conflicts.accepted(result.data, host, source)
     return result
+
+
+def hold_the_rest(tally: Tally, domain: Domain, host: HostInfo,
+                  targets: dict[Optional[int], int], current: PageMap,
+                  chosen: list[Optional[int]]) -> None:
+    """What keeps its page size takes its pages first: cells outside ``--cells`` (with the
+    devices that borrow their pages) and memory devices with their own <pagesize>."""
+    for target, size in current.items():
+        size = host.default_page_kib if size == BARE else size
+        if target not in chosen and size and size != host.system_page_kib:
+            tally.force(target_needs(domain, target, targets[target], host), size)
+    for device in domain.memory_devices:
+        size = device.source_page_kib
+        if device.model in INHERITING_MODELS and size and size != host.system_page_kib:
+            tally.force([device_need(domain, device, host)], size)
 
 
 def select_targets(domain: Domain, targets: dict[Optional[int], int],
@@ -343,7 +387,8 @@ def misfit_notes(domain: Domain, target: Optional[int], memory_kib: int,
         notes.append(f"warning: {target_label(target, memory_kib)} is not a multiple of "
                      f"{format_kib(size_kib)}: it takes {pages} pages "
                      f"({format_kib(pages * size_kib)})")
-    for name, kib in inheriting_devices(domain, target):
+    for dev in inheriting_devices(domain, target):
+        name, kib = f"{dev.model} #{dev.index}", dev.size_kib
         if kib % size_kib:
             notes.append(f"warning: {name} ({format_kib(kib)}) uses the {format_kib(size_kib)} "
                          f"pages of cell {target} but is not a multiple of them; qemu will "
@@ -365,7 +410,17 @@ def verify(data: bytes, source: str, desired: PageMap, backing_source: Optional[
 
 def refit_for_host(data: bytes, host: HostInfo, mounted_sizes_kib: Optional[Iterable[int]] = None,
                    source: str = "<stdin>") -> RewriteResult:
-    """The migrate/restore filter (see ``hugexml.refit``)."""
+    """The migrate/restore filter as the hook calls it (see ``hugexml.refit``), with what
+    this host can supply now (``supply.from_env``: the host, state dir and config the
+    environment names). When that cannot be read, sizes are judged as before and a note
+    says so: the supply never makes the filter fail."""
     from hugexml.refit import refit_for_host as refit
+    from hugexml.supply import from_env
 
-    return refit(data, host, mounted_sizes_kib, source)
+    supply, unknown = from_env()
+    result = refit(data, host, mounted_sizes_kib, source, supply=supply)
+    if unknown is not None:
+        result.notes.append(unknown)
+    elif result.changed and supply is not None:
+        result.notes.extend(supply.notes)
+    return result

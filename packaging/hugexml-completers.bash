@@ -13,7 +13,7 @@ _hugexml_page_sizes() {
 }
 
 _hugexml_page_sizes_auto() {
-  compgen -W "auto" -- "$1"
+  compgen -W "auto largest" -- "$1"
   _hugexml_page_sizes "$1"
 }
 

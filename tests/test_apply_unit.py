@@ -321,3 +321,66 @@ def test_a_conflict_with_hugepages_is_refused_unless_resolved(conn, tmp_path, ba
     out = applier(conn, tmp_path).apply("vm1", 2048, **{option: True})
     assert out.status == "changed", out.message
     assert fixed in dom.xml and "<page size='2048' unit='KiB'/>" in dom.xml
+
+
+# --- auto and what the host can supply now ----------------------------------------------------
+def one_node_supply(free_1g: int = 0, kept_1g: int = 0):
+    from hugexml.supply import HostSupply, PoolSupply
+
+    pools = {(0, 2048): PoolSupply(0, 0, 5000), (0, 1048576): PoolSupply(free_1g, kept_1g, 0, 9)}
+    return HostSupply((0,), pools, {0: 32 * 1048576})
+
+
+@pytest.mark.parametrize("free_1g, kept_1g, page_size, expected", [
+    (0, 0, "auto", "2048"),          # no 1G page can be promised: 2M
+    (0, 2, "auto", "1048576"),       # two kept 1G pages: 1G
+    (1, 0, "auto", "2048"),          # one of two is not enough
+    (0, 0, "largest", "1048576"),    # the largest that divides, whatever the supply
+])
+def test_auto_counts_what_the_host_can_supply(conn, tmp_path, free_1g, kept_1g, page_size,
+                                             expected):
+    dom = conn.add("vm1", kib=2 * 1048576)
+    a = applier(conn, tmp_path, supply=one_node_supply(free_1g, kept_1g),
+                supply_notes=["a note from reading the supply"])
+    out = a.apply("vm1", page_size)
+    assert out.status == "changed", out.message
+    assert f"<page size='{expected}' unit='KiB'/>" in dom.xml
+    if page_size == "auto":
+        assert out.notes[0] == "a note from reading the supply"
+        assert "can be supplied now" in out.notes[1]
+    else:
+        assert out.notes == ["memory (2G): 1G pages: the largest host page size (1G, 2M) that "
+                             "divides 2G"]
+
+
+def test_cli_apply_auto_reads_the_state_dir(monkeypatch, capsys, conn, tmp_path):
+    """On the fake kernel: 2M while no 1G page can be promised; after a 2 x 1G guest stopped
+    (its pages kept), 1G."""
+    from simkernel import GIB, make_kernel
+    from supplyfix import keep_pages
+
+    kernel = make_kernel("fake", str(tmp_path / "root"), nodes=1, mem_total_kib=16 * GIB,
+                         mem_free_kib=12 * GIB)
+    state, conf = tmp_path / "state", tmp_path / "hugexml.conf"
+    conf.write_text("[allocation]\nmargin_min = 1G\n")
+    conn.add("vm1", kib=2 * 1048576)
+    conn.add("vm2", kib=2 * 1048576)
+
+    def apply(name: str) -> dict:
+        import hugexml.commands.apply as cmd
+
+        monkeypatch.setattr(cmd, "CONNECT", lambda uri: (conn, FakeError))
+        code = cli_main(["--root", kernel.fk.root, "--state-dir", str(state), "--config",
+                         str(conf), "apply", name, "--page-size", "auto", "--backup-dir",
+                         str(tmp_path / "bk"), "--json"])
+        assert code == 0
+        return json.loads(capsys.readouterr().out)["results"][0]
+
+    first = apply("vm1")
+    assert "<page size='2048' unit='KiB'/>" in conn.domains["vm1"].xml
+    assert first["notes"][0].startswith("memory (2G): 2M pages: 1G: only 0 of 2 pages can be "
+                                        "supplied on node 0 now (free 0, kept 0, allocatable 0")
+    keep_pages(kernel, str(state), 2, 0)
+    second = apply("vm2")
+    assert "<page size='1048576' unit='KiB'/>" in conn.domains["vm2"].xml
+    assert "(free 0, kept 2, allocatable 0" in second["notes"][0]

@@ -39,6 +39,9 @@ STEPS = [
     "hugexml.alloc:Allocator.release", "hugexml.alloc:Allocator.reconcile",
     "hugexml.txn:PoolTxn.grow", "hugexml.txn:PoolTxn.shrink", "hugexml.poolops:read_view",
 ]
+# Steps the migrate/restore filters pass through only to read what the host can supply now;
+# a failure there is contained (hugexml.supply.from_env), not a failure of the filter.
+CONTAINED_IN_FILTERS = {"hugexml.config:load_config"}
 OPS = {"prepare": "gate", "started": "never-fail", "reconnect": "never-fail",
        "release": "never-fail", "restore": "filter", "migrate": "filter"}
 HIT: dict[str, set[str]] = {}  # step -> operations whose injected call raised there
@@ -110,6 +113,11 @@ def test_every_failure_keeps_the_contract(host, monkeypatch, tmp_path, op, step,
         assert code == 0, (code, err)
         if OPS[op] == "filter":
             assert out in (b"", xml) or out.startswith(b"<domain")
+    if OPS[op] == "filter" and step in CONTAINED_IN_FILTERS:
+        # the filter's supply reader (hugexml.supply.from_env) contains it: sizes are judged
+        # as before (this guest fits: its XML unchanged), the refit's notes say why
+        assert out == xml, out
+        return
     if op in HIT.get(step, set()) and step != "hugexml.hook:Call.config":
         log = (tmp_path / "state" / "hook.log").read_text()
         assert f"domain 'vm1' {op} " in log

@@ -12,7 +12,7 @@ import pytest
 from hugexml.domxml import load_domain
 from hugexml.model import HostInfo
 from hugexml.plan import make_plan
-from hugexml.rewrite import refit_for_host
+from hugexml.refit import refit_for_host
 
 M2, G1 = 2048, 1048576
 ONLY_2M = HostInfo(default_page_kib=M2, page_sizes_kib=(M2,), nodes=(0, 1))
@@ -291,3 +291,146 @@ def test_a_refit_libvirt_would_refuse_is_not_made() -> None:
     with pytest.raises(InvalidDomain, match="Per-node binding is not compatible with "
                                             "automatic NUMA placement"):
         refit_for_host(data, BOTH, None, "numa")
+
+
+# --- what the host can supply now ------------------------------------------------------------
+from supplyfix import supply_table  # noqa: E402
+
+from hugexml.supply import HostSupply, PoolSupply  # noqa: E402
+
+GIB = 1048576
+BOTH_MOUNTED = frozenset({M2, G1})
+
+
+NO_1G = supply_table({(0, G1): (0, 0, 0, 8), (1, G1): (0, 0, 0, 8)})
+
+
+def test_a_size_the_host_cannot_supply_now_moves_down() -> None:
+    """A 4 x 1G guest restored where no 1G page is free or kept: 1G exists and is mounted,
+    but MemFree's bound is no promise, so 2M."""
+    result = refit_for_host(GUEST_1G, BOTH, BOTH_MOUNTED, "g1", supply=NO_1G)
+    assert result.data == GUEST_1G.replace(b"<page size='1' unit='G'/>",
+                                           b"<page size='2048' unit='KiB'/>")
+    assert result.notes == [
+        "memory (4G): 1G: only 0 of 4 pages can be supplied on nodes 0-1 now (free 0, kept 0, "
+        "allocatable 0; MemFree allows up to 16 more, not a promise: not counted); now 2M pages "
+        "(the largest host page size (2M) that divides 4G and can be supplied now: 2048 pages "
+        "on nodes 0-1 (free 0, kept 0, allocatable 10000))"]
+    assert plans_cleanly(result.data, BOTH) == {None: M2}
+    # refitted once, it fits: the same bytes the second time
+    again = refit_for_host(result.data, BOTH, BOTH_MOUNTED, "g1", supply=NO_1G)
+    assert again.data is result.data and not again.changed
+
+
+def test_kept_pages_let_a_restored_guest_keep_its_size() -> None:
+    kept = supply_table({(0, G1): (1, 3, 0)})
+    result = refit_for_host(GUEST_1G, BOTH, BOTH_MOUNTED, "g1", supply=kept)
+    assert result.data is GUEST_1G and not result.changed and result.notes == []
+
+
+def test_nothing_to_supply_means_normal_pages() -> None:
+    empty = supply_table({(n, M2): (0, 0, 100) for n in (0, 1)})
+    result = refit_for_host(GUEST_1G, BOTH, BOTH_MOUNTED, "g1", supply=empty)
+    assert b"hugepages" not in result.data and plans_cleanly(result.data, BOTH) == {None: None}
+    assert result.notes == [
+        "memory (4G): 1G: only 0 of 4 pages can be supplied on nodes 0-1 now (free 0, kept 0, "
+        "allocatable 0); now normal pages (2M: only 200 of 2048 pages can be supplied on nodes "
+        "0-1 now (free 0, kept 0, allocatable 200); no host page size that divides 4G can be "
+        "supplied now)"]
+
+
+def test_an_unmounted_size_moves_to_a_mounted_one_that_can_be_supplied() -> None:
+    result = refit_for_host(GUEST_1G, BOTH, frozenset({M2}), "g1", supply=NO_1G)
+    assert plans_cleanly(result.data, BOTH) == {None: M2}
+    assert result.notes[0].startswith("memory (4G): no hugetlbfs mount for 1G pages that the "
+                                      "libvirt daemon knows; now 2M pages (the largest host page "
+                                      "size (2M) that divides 4G and can be supplied now: ")
+
+
+def test_a_devices_own_size_is_refitted_when_it_cannot_be_supplied() -> None:
+    """NUMA on two nodes with both sizes: cell 0 (2G, node 3 gone: any node) takes node 0's
+    two free 1G pages; the dimm's own 1G page (nodemask 2-3 gone: any node) finds none left;
+    the other dimm borrows cell 1's 2M pages."""
+    two = supply_table({(0, G1): (2, 0, 0)})
+    result = refit_for_host(NUMA, BOTH, BOTH_MOUNTED, "numa", supply=two)
+    plan = make_plan(load_domain(result.data, "numa"), BOTH)
+    assert {c.guest_cell: c.page_size_kib for c in plan.consumers if c.kind == "cell"} == \
+        {0: G1, 1: M2}
+    assert [c.page_size_kib for c in plan.consumers if c.kind == "dimm"] == [M2, M2]
+    (dimm,) = [n for n in result.notes if n.startswith("dimm #0 (1G)")]
+    assert dimm.startswith("dimm #0 (1G): 1G: only 0 of 1 pages for dimm #0 can be supplied on "
+                           "nodes 0-1 now (free 2, kept 0, allocatable 0; 2 already counted for "
+                           "this guest's other memory); now 2M pages")
+    three = supply_table({(0, G1): (3, 0, 0)})
+    assert not any(n.startswith("dimm #0 (1G)") for n in
+                   refit_for_host(NUMA, BOTH, BOTH_MOUNTED, "numa", supply=three).notes)
+
+
+@st.composite
+def supplies(draw: st.DrawFn, nodes: tuple[int, ...]) -> HostSupply:
+    counts = st.integers(0, 5)
+    pools = {(n, s): PoolSupply(draw(counts), draw(counts),
+                                draw(st.sampled_from([0, 10, 5000])) if s == M2 else 0,
+                                draw(counts) if s == G1 else 0) for n in nodes for s in SIZES}
+    return HostSupply(nodes, pools, {n: draw(st.sampled_from([-GIB, 64 * GIB])) for n in nodes})
+
+
+@settings(max_examples=200, deadline=None)
+@given(guest_and_host(), st.data())
+def test_refit_with_any_supply_fits_the_host(case: tuple[bytes, HostInfo,
+                                                         Optional[frozenset[int]]],
+                                             data: st.DataObject) -> None:
+    """With any supply the refit plans cleanly here, is checked as libvirt would (else it
+    raises and the hook passes the input through), and is stable for the same supply."""
+    guest, host, mounts = case
+    table = data.draw(supplies(host.nodes))
+    result = refit_for_host(guest, host, mounts, "gen", supply=table)
+    make_plan(load_domain(result.data, "gen"), host)
+    again = refit_for_host(result.data, host, mounts, "gen", supply=table)
+    assert not again.changed and again.data == result.data
+    assert result.changed == (result.data != guest) and (result.notes != []) == result.changed
+
+
+# --- the hook's filter, on the fake kernel with a state dir -----------------------------------
+def test_the_restore_filter_counts_the_kept_pages_of_the_state(tmp_path, monkeypatch) -> None:
+    """libvirt restores a 2 x 1G guest (node 0). With no 1G page free or kept, the filter
+    writes 2M (and logs why); once the guest's pages are kept, the XML passes as it is."""
+    from hookfix import call, guest_xml
+    from simkernel import GIB as SIM_GIB
+    from simkernel import make_kernel
+    from supplyfix import keep_pages
+
+    from hugexml import hooklog
+
+    kernel = make_kernel("fake", str(tmp_path / "root"), nodes=2, mem_total_kib=16 * SIM_GIB,
+                         mem_free_kib=12 * SIM_GIB)
+    kernel.fk.set_mounts([("/dev/hugepages", M2), ("/dev/hugepages1G", G1)])
+    state = tmp_path / "state"
+    monkeypatch.setenv("HUGEXML_ROOT", kernel.fk.root)
+    monkeypatch.setenv("HUGEXML_STATE_DIR", str(state))
+    monkeypatch.delenv("HUGEXML_CONFIG", raising=False)
+    monkeypatch.setattr(hooklog, "SYSLOG_ADDRESS", str(tmp_path / "no-syslog"))
+    xml = guest_xml("vm1", 2048, G1, node=0)
+    code, out, err = call(["qemu", "vm1", "restore", "begin", "-"], xml)
+    assert (code, err) == (0, "")
+    assert out == xml.replace(b"size='1048576'", b"size='2048'")
+    log = (state / "hook.log").read_text()
+    assert "refitted: memory (2G): 1G: only 0 of 2 pages can be supplied on node 0 now" in log
+    keep_pages(kernel, str(state), 2, 0)
+    assert call(["qemu", "vm1", "restore", "begin", "-"], xml) == (0, xml, "")
+    assert call(["qemu", "vm1", "migrate", "begin", "-"], xml) == (0, xml, "")
+
+
+def test_the_filter_without_a_readable_supply_refits_as_before(monkeypatch, tmp_path) -> None:
+    """The hook's entry (rewrite.refit_for_host) reads the supply itself; when it cannot, the
+    refit is today's and a note says so."""
+    from hugexml.rewrite import refit_for_host as hook_refit
+
+    monkeypatch.setenv("HUGEXML_ROOT", str(tmp_path / "empty"))
+    monkeypatch.setenv("HUGEXML_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("HUGEXML_CONFIG", raising=False)
+    result = hook_refit(GUEST_1G, ONLY_2M, None, "g1")
+    assert result.data == refit_for_host(GUEST_1G, ONLY_2M, None, "g1").data
+    assert result.notes[-1].startswith("what this host can supply now is unknown (")
+    fits = hook_refit(GUEST_1G, BOTH, BOTH_MOUNTED, "g1")
+    assert fits.data is GUEST_1G and not fits.changed

@@ -16,18 +16,30 @@ from typing import Any, Optional
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from simkernel import make_kernel
+from supplyfix import keep_pages, supply_table
 
 from hugexml.domxml import load_domain
 from hugexml.errors import InvalidDomain, InvalidInput, InvalidXML, UnsupportedPageSize
 from hugexml.model import HostInfo
 from hugexml.plan import make_plan
 from hugexml.rewrite import rewrite_xml
+from hugexml.supply import HostSupply, PoolSupply
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden" / "rewrite"
 G1 = 1048576
 M2 = 2048
 HOST = HostInfo(default_page_kib=M2, page_sizes_kib=(M2, G1), nodes=(0, 1, 2, 3))
+NODES = HOST.nodes
+GIB = 1048576
+
+
+# node 0: one kept 1G page; node 1: three free; nodes 2 and 3: one free each
+SUPPLY_NUMA = supply_table({(0, G1): (0, 1, 0, 12), (1, G1): (3, 0, 0), (2, G1): (1, 0, 0),
+                            (3, G1): (1, 0, 0)}, NODES)
+# no 1G page free or kept anywhere: MemFree would allow some, but that is no promise
+SUPPLY_NO_1G = supply_table({(n, G1): (0, 0, 0, 20) for n in range(4)}, NODES)
 
 # NAME -> (rewrite options, expected page size per consumer: guest cell, or None = whole RAM;
 #          None as a size = normal RAM, expected <source type>)
@@ -64,6 +76,13 @@ TABLE: dict[str, tuple[dict[str, Any], dict[Optional[int], Optional[int]], Optio
                          None),
     # a domain libvirt refuses (anonymous + hugepages) made one it takes: normal pages
     "anonymous-normal-pages": ({"page_size_kib": 4}, {None: None}, "anonymous"),
+    # auto counts only what the host can supply now, per cell and its node binding: cell 0
+    # (node 0) has one kept 1G page of 2; cell 1 and its dimm take node 1's three; cell 2
+    # interleaves one page on each of nodes 2-3; cell 3 prefers node 3, left with none
+    "supply-numa": ({"page_size_kib": "auto", "supply": SUPPLY_NUMA},
+                    {0: M2, 1: G1, 2: G1, 3: M2}, None),
+    # no 1G page can be promised: 2M (largest would write 1G)
+    "supply-no-1g": ({"page_size_kib": "auto", "supply": SUPPLY_NO_1G}, {None: M2}, None),
 }
 # NAME -> rewrite options; NAME-err.txt is the one line hugexml refuses NAME-in.xml with
 REFUSED: dict[str, dict[str, Any]] = {
@@ -172,7 +191,7 @@ def test_explicit_size_that_does_not_divide_warns() -> None:
      "hugepage size 16777216 KiB is not supported by this host (supported: 2M, 1G)"),
     ({"page_size_kib": G1, "cells": frozenset({7})}, InvalidInput, "has no guest cell 7"),
     ({"page_size_kib": "auto", "host": None}, InvalidInput, "auto needs the host"),
-    ({"page_size_kib": "huge"}, InvalidInput, "is not a size or 'auto'"),
+    ({"page_size_kib": "huge"}, InvalidInput, "is not a size, 'auto' or 'largest'"),
 ])
 def test_refusals(options: dict[str, Any], error: type, text: str) -> None:
     data, _ = golden("numa-auto-mixed")
@@ -207,6 +226,108 @@ def test_without_a_host_an_explicit_size_is_written() -> None:
     assert rewrite_xml(data, page_size_kib=G1, host=None).data == expected
 
 
+# --- auto and what the host can supply now --------------------------------------------------
+def test_auto_with_a_supply_says_why_per_cell() -> None:
+    data, _ = golden("supply-numa")
+    notes = rewrite_xml(data, page_size_kib="auto", host=HOST, supply=SUPPLY_NUMA).notes
+    assert notes == [
+        "cell 0 (2G): 2M pages: 1G: only 1 of 2 pages can be supplied on node 0 now (free 0, "
+        "kept 1, allocatable 0; MemFree allows up to 12 more, not a promise: not counted); 2M "
+        "chosen: the largest host page size (1G, 2M) that divides 2G and can be supplied now: "
+        "1024 pages on node 0 (free 0, kept 0, allocatable 5000)",
+        "cell 1 (2G): 1G pages: the largest host page size (1G, 2M) that divides 2G and dimm #0 "
+        "(1G) and can be supplied now: 3 pages on node 1 (free 3, kept 0, allocatable 0)",
+        "cell 2 (2G): 1G pages: the largest host page size (1G, 2M) that divides 2G and can be "
+        "supplied now: 2 pages on nodes 2-3 (free 2, kept 0, allocatable 0)",
+        "cell 3 (2G): 2M pages: 1G: only 1 of 2 pages can be supplied on nodes 0-3 now (free 5, "
+        "kept 1, allocatable 0; MemFree allows up to 12 more, not a promise: not counted; 5 "
+        "already counted for this guest's other memory); 2M chosen: the largest host page size "
+        "(1G, 2M) that divides 2G and can be supplied now: 1024 pages on nodes 0-3 (free 0, "
+        "kept 0, allocatable 20000; 1024 already counted for this guest's other memory)",
+    ]
+
+
+def test_largest_is_the_largest_that_divides_whatever_the_supply() -> None:
+    data, _ = golden("supply-numa")
+    largest = rewrite_xml(data, page_size_kib="largest", host=HOST, supply=SUPPLY_NUMA)
+    assert plan_sizes(largest.data) == {0: G1, 1: G1, 2: G1, 3: G1}
+    assert largest.data == rewrite_xml(data, page_size_kib="auto", host=HOST).data
+    assert largest.notes[0] == "cell 0 (2G): 1G pages: the largest host page size (1G, 2M) " \
+                               "that divides 2G"
+
+
+def test_cells_left_alone_take_their_pages_first() -> None:
+    """--cells 3: cells 0-2 keep their sizes and take their pages before cell 3 is judged."""
+    data, _ = golden("supply-numa")
+    all_1g = rewrite_xml(data, page_size_kib=G1, host=HOST).data
+    result = rewrite_xml(all_1g, page_size_kib="auto", host=HOST, supply=SUPPLY_NUMA,
+                         cells=frozenset({3}))
+    assert plan_sizes(result.data) == {0: G1, 1: G1, 2: G1, 3: M2}
+    # with cells 0-2 on 2M, node 3's free page and node 0's kept one are cell 3's
+    all_2m = rewrite_xml(data, page_size_kib=M2, host=HOST).data
+    result = rewrite_xml(all_2m, page_size_kib="auto", host=HOST, supply=SUPPLY_NUMA,
+                         cells=frozenset({3}))
+    assert plan_sizes(result.data) == {0: M2, 1: M2, 2: M2, 3: G1}
+    assert "2 pages on nodes 0-3 (free 5, kept 1, allocatable 0" in result.notes[0]
+
+
+def test_the_guests_own_pages_count_for_it() -> None:
+    """Pages the guest holds now (its record: a pending claim, or a running guest's mapped
+    pages) are free for it when it starts again."""
+    from hugexml.supply import guest_key_of
+
+    data, _ = golden("supply-numa")
+    key = guest_key_of("supply-numa", "7f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5")
+    held = supply_table({(0, G1): (0, 1, 0), (1, G1): (3, 0, 0), (2, G1): (1, 0, 0),
+                         (3, G1): (1, 0, 0)}, NODES, held={str(key): {(0, G1): 1}})
+    result = rewrite_xml(data, page_size_kib="auto", host=HOST, supply=held)
+    assert plan_sizes(result.data)[0] == G1
+    assert "(free 0, kept 1, this guest's own 1, allocatable 0)" in result.notes[0]
+
+
+def test_a_device_with_its_own_page_size_takes_its_pages_first() -> None:
+    data = b"""<domain type='kvm'>
+  <name>own-dimm</name>
+  <maxMemory slots='2' unit='GiB'>8</maxMemory>
+  <memory unit='GiB'>3</memory>
+  <memoryBacking>
+    <hugepages/>
+  </memoryBacking>
+  <vcpu>1</vcpu>
+  <numatune>
+    <memory mode='strict' nodeset='0'/>
+  </numatune>
+  <os>
+    <type>hvm</type>
+  </os>
+  <cpu>
+    <numa>
+      <cell id='0' cpus='0' memory='2' unit='GiB'/>
+    </numa>
+  </cpu>
+  <devices>
+    <memory model='dimm'>
+      <source>
+        <pagesize unit='G'>1</pagesize>
+      </source>
+      <target>
+        <size unit='GiB'>1</size>
+        <node>0</node>
+      </target>
+    </memory>
+  </devices>
+</domain>
+"""
+    two = supply_table({(0, G1): (2, 0, 0)}, NODES)
+    result = rewrite_xml(data, page_size_kib="auto", host=HOST, supply=two)
+    assert plan_sizes(result.data) == {0: M2}
+    assert "1G: only 1 of 2 pages can be supplied on node 0 now (free 2, kept 0, allocatable 0; " \
+           "1 already counted for this guest's other memory)" in result.notes[0]
+    three = supply_table({(0, G1): (3, 0, 0)}, NODES)
+    assert plan_sizes(rewrite_xml(data, page_size_kib="auto", host=HOST, supply=three).data) \
+        == {0: G1}
+
+
 # --- the command ---------------------------------------------------------------------------
 def fake_root(tmp_path: Path, sizes_kib: tuple[int, ...] = (M2, G1), nodes: int = 2) -> Path:
     root = tmp_path / "root"
@@ -234,7 +355,11 @@ def test_cli_stdout_and_notes(tmp_path: Path) -> None:
     proc = cli(fake_root(tmp_path), str(src))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == expected
-    assert proc.stderr.decode().splitlines()[0] == (
+    # this root has no pools to read: what it can supply is unknown, so auto is largest
+    unknown, first = proc.stderr.decode().splitlines()[:2]
+    assert unknown.startswith(f"{src}: what this host can supply now is unknown (")
+    assert unknown.endswith("): page sizes judged as with --page-size largest")
+    assert first == (
         f"{src}: cell 0 (4G): 1G pages: the largest host page size (1G, 2M) that divides 4G")
     assert src.read_bytes() == data  # the input is not touched
 
@@ -306,12 +431,76 @@ def test_cli_json(tmp_path: Path) -> None:
     import json
 
     data, expected = golden("single-line")
-    proc = cli(fake_root(tmp_path), "-", "--json", stdin=data)
+    proc = cli(fake_root(tmp_path), "-", "--json", "--page-size", "largest", stdin=data)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["changed"] is True and doc["xml"].encode() == expected
     assert doc["notes"] == ["memory (1G): 1G pages: the largest host page size (1G, 2M) that "
                             "divides 1G"]
+
+
+GUEST_2G_NODE_0 = b"""<domain type='kvm'>
+  <name>vm2g</name>
+  <uuid>3c2b1a09-8f7e-4d6c-9b5a-4f3e2d1c0b9a</uuid>
+  <memory unit='GiB'>2</memory>
+  <vcpu>1</vcpu>
+  <numatune>
+    <memory mode='strict' nodeset='0'/>
+  </numatune>
+  <os>
+    <type>hvm</type>
+  </os>
+</domain>
+"""
+
+
+def test_cli_auto_counts_the_kept_pages_of_the_state_dir(tmp_path: Path) -> None:
+    """On the fake kernel (2 nodes, 12G free each, no free 1G page): 2M, since no 1G page
+    can be promised; after a 2 x 1G guest on node 0 stopped (its pages kept), 1G."""
+    kernel = make_kernel("fake", str(tmp_path / "root"), nodes=2, mem_total_kib=16 * GIB,
+                         mem_free_kib=12 * GIB)
+    state, conf = tmp_path / "state", tmp_path / "hugexml.conf"
+    conf.write_text("[allocation]\nmargin_min = 1G\nmargin_percent = 5\n")
+    src = tmp_path / "vm.xml"
+    src.write_bytes(GUEST_2G_NODE_0)
+
+    def run(*args: str) -> tuple[bytes, list[str]]:
+        proc = cli_with(Path(kernel.fk.root), state, conf, str(src), *args)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout, proc.stderr.decode().splitlines()
+
+    out, notes = run()
+    assert b"<page size='2048' unit='KiB'/>" in out
+    assert notes == [
+        f"{src}: memory (2G): 2M pages: 1G: only 0 of 2 pages can be supplied on node 0 now "
+        "(free 0, kept 0, allocatable 0; MemFree allows up to 11 more, not a promise: not "
+        "counted); 2M chosen: the largest host page size (1G, 2M) that divides 2G and can be "
+        "supplied now: 1024 pages on node 0 (free 0, kept 0, allocatable 5632 within the "
+        "margin, 6144 without)"]
+    keep_pages(kernel, str(state), 2, 0)
+    out, notes = run()
+    assert b"<page size='1048576' unit='KiB'/>" in out
+    assert notes == [f"{src}: memory (2G): 1G pages: the largest host page size (1G, 2M) that "
+                     "divides 2G and can be supplied now: 2 pages on node 0 (free 0, kept 2, "
+                     "allocatable 0; MemFree allows up to 9 more, not a promise: not counted)"]
+    # pages kept on node 1 are not where this guest may take pages
+    elsewhere = make_kernel("fake", str(tmp_path / "root1"), nodes=2, mem_total_kib=16 * GIB,
+                            mem_free_kib=12 * GIB)
+    keep_pages(elsewhere, str(tmp_path / "state1"), 2, 1)
+    proc = cli_with(Path(elsewhere.fk.root), tmp_path / "state1", conf, str(src), "--check")
+    assert proc.returncode == 1 and b"only 0 of 2 pages can be supplied on node 0" in proc.stderr
+    # largest: 1G whatever the host can supply, and no word about it
+    out, notes = run("--page-size", "largest")
+    assert b"<page size='1048576' unit='KiB'/>" in out and "supplied" not in " ".join(notes)
+
+
+def cli_with(root: Path, state: Path, conf: Path, *args: str,
+             stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "hugexml", "--root", str(root), "--state-dir",
+                           str(state), "--config", str(conf), "rewrite", *args],
+                          input=stdin, capture_output=True, env=env, timeout=60, check=False)
 
 
 HOSTILE = {
@@ -482,3 +671,34 @@ def test_generated_domains(case: tuple[bytes, dict, dict]) -> None:
 
     assert without_backing(out) == without_backing(data)
     assert result.changed == (out != data)
+
+
+@st.composite
+def supplies(draw: Any) -> HostSupply:
+    """Any snapshot of what HOST's four nodes can supply: few pages, sometimes a margin."""
+    counts = st.integers(0, 6)
+    pools = {(n, s): PoolSupply(draw(counts), draw(counts),
+                                draw(st.sampled_from([0, 10, 600, 5000])) if s == M2 else 0,
+                                draw(counts) if s == G1 else 0)
+             for n in HOST.nodes for s in (M2, G1)}
+    room = {n: draw(st.sampled_from([-GIB, GIB, 64 * GIB])) for n in HOST.nodes}
+    return HostSupply(HOST.nodes, pools, room)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(generated(), supplies())
+def test_generated_domains_with_a_supply(case: tuple[bytes, dict, dict],
+                                         supply: HostSupply) -> None:
+    """auto with any supply: never a larger size than largest, never XML libvirt refuses
+    (rewrite_xml checks every output), and a second run with the same supply changes
+    nothing."""
+    data, expected, options = case
+    result = rewrite_xml(data, host=HOST, supply=supply, **options)
+    got = plan_sizes(result.data)
+    for target, size in got.items():
+        if options["page_size_kib"] == "auto":
+            assert (size or 0) <= (expected[target] or 0), (target, result.notes)
+        else:
+            assert size == expected[target]
+    again = rewrite_xml(result.data, host=HOST, supply=supply, **options)
+    assert not again.changed and again.data == result.data

@@ -11,6 +11,7 @@ HELP = "rewrite defined libvirt guests for hugepages (diff, backup, redefine; --
 EPILOG = """examples:
   hugexml apply vm1 --page-size 2M --dry-run
   hugexml apply --all --page-size auto
+  hugexml apply vm1 --page-size largest   # the largest size that divides, supply or not
   hugexml apply --undo vm1
 """
 
@@ -25,7 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--page-size",
         default="auto",
         metavar="SIZE|auto",
-        help="page size (2M, 1G, 2048KiB) or 'auto' per cell (default: auto)",
+        help="page size (2M, 1G, 2048KiB); auto: per cell, the largest host page size that "
+        "divides its memory and that the host can supply there now, else the next one down; "
+        "largest: the largest that divides, whatever the host can supply (default: auto)",
     )
     p.add_argument(
         "--memfd",
@@ -56,8 +59,8 @@ def _page_size(text: str) -> Any:
     from hugexml.errors import InvalidInput
     from hugexml.units import UnitError, parse_cli_size_kib
 
-    if text.strip().lower() == "auto":
-        return "auto"
+    if text.strip().lower() in ("auto", "largest"):
+        return text.strip().lower()
     try:
         return parse_cli_size_kib(text)
     except UnitError as exc:
@@ -75,6 +78,12 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         raise InvalidInput(reason="name the domains, or give --all (not both)")
     page_size = _page_size(args.page_size)
     host = read_host_info(ctx.root)
+    supply: Any = None
+    supply_notes: list[str] = []
+    if page_size == "auto" and not args.undo:
+        from hugexml.commands.rewrite import read_supply
+
+        supply, supply_notes = read_supply(ctx)
     conn, error = (CONNECT or ap.connect)(args.connect)
     try:
         applier = ap.Applier(
@@ -84,6 +93,8 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
             backup_dir=args.backup_dir or ap.DEFAULT_BACKUP_DIR,
             dry_run=args.dry_run,
             fit_check=_fit_check(ctx),
+            supply=supply,
+            supply_notes=supply_notes,
         )
         names = applier.persistent_names() if args.all else list(dict.fromkeys(args.domains))
         outcomes = []
@@ -95,7 +106,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
                     name,
                     page_size,
                     memfd=args.memfd,
-                    refuse_unfit=args.all and page_size == "auto",
+                    refuse_unfit=args.all and page_size in ("auto", "largest"),
                     drop_ondemand=args.drop_ondemand,
                 )
             outcomes.append(outcome)

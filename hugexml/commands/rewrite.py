@@ -14,6 +14,7 @@ EPILOG = """examples:
   hugexml rewrite vm1.xml --page-size 1G --cells 0-1 --in-place
   virsh dumpxml vm1 | hugexml rewrite - --page-size 2M --memfd -o vm1-2m.xml
   hugexml rewrite vm1.xml --page-size auto --check          # exit 1 if not already so
+  hugexml rewrite vm1.xml --page-size largest     # the largest size that divides, supply or not
 
 exit status: 0 done (or nothing to change), 1 --check found something to change,
 2 bad input or refused (one line on stderr): the output would be a domain libvirt refuses,
@@ -24,8 +25,12 @@ e.g. hugepages with <source type='anonymous'/> (--memfd) or <allocation mode='on
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", metavar="FILE|-", help="domain XML file, or - for stdin")
     p.add_argument("--page-size", default="auto", metavar="SIZE|auto",
-                   help="page size (2M, 1G, 1048576KiB, 4K = normal pages) or auto: per cell, "
-                        "the largest host page size that divides its memory (default: auto)")
+                   help="page size (2M, 1G, 1048576KiB, 4K = normal pages); auto: per cell, "
+                        "the largest host page size that divides its memory and that the host "
+                        "can supply there now (free and kept pages, and what buddyinfo says "
+                        "the cell's nodes can add within the margin), else the next one down; "
+                        "largest: the largest that divides, whatever the host can supply "
+                        "(default: auto)")
     p.add_argument("--cells", metavar="LIST",
                    help="only these guest NUMA cells, e.g. 0,2-3 (default: all)")
     p.add_argument("--memfd", action="store_true",
@@ -58,8 +63,8 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
     if args.in_place and args.file == "-":
         raise InvalidInput(reason="--in-place needs a FILE, not stdin")
     try:
-        size: Any = "auto" if args.page_size.strip().lower() == "auto" \
-            else parse_cli_size_kib(args.page_size)
+        word = args.page_size.strip().lower()
+        size: Any = word if word in ("auto", "largest") else parse_cli_size_kib(args.page_size)
         cells = parse_nodeset(args.cells, limit=MAX_NODES, what="--cells") \
             if args.cells is not None else None
     except UnitError as exc:
@@ -76,8 +81,10 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
             raise InvalidInput(reason=f"{args.file}: {exc.strerror or exc}") from None
 
     host = read_host_info(ctx.root)
+    supply, supply_notes = read_supply(ctx) if size == "auto" else (None, [])
     result = rewrite_xml(data, page_size_kib=size, host=host, cells=cells, memfd=args.memfd,
-                         drop_ondemand=args.drop_ondemand, source=source)
+                         drop_ondemand=args.drop_ondemand, source=source, supply=supply)
+    result.notes[:0] = supply_notes
     if not args.json:
         for note in result.notes:
             print(f"{source}: {note}", file=sys.stderr)
@@ -113,6 +120,22 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
     if args.check and result.changed:
         return 1
     return 0
+
+
+def read_supply(ctx: Any) -> tuple[Any, list[str]]:
+    """What this host can supply now (``hugexml.supply``) for ``auto``, and notes: a host
+    or state that cannot be read is a note (sizes then judged as with ``largest``), not an
+    error."""
+    from hugexml.commands import _alloc
+    from hugexml.errors import HugexmlError
+    from hugexml.supply import host_supply, unknown_note
+
+    try:
+        supply = host_supply(ctx.root, ctx.state_dir, ctx.config_path, ctx.config_explicit,
+                             gateway=_alloc.gateway(ctx))
+    except HugexmlError as exc:
+        return None, [unknown_note(exc)]
+    return supply, list(supply.notes)
 
 
 def unified_diff(before: bytes, after: bytes, name: str) -> str:

@@ -28,6 +28,7 @@ from hugexml.errors import HugexmlError, UnsupportedPageSize
 from hugexml.model import HostInfo
 from hugexml.plan import plan_xml
 from hugexml.rewrite import rewrite_xml
+from hugexml.typed import fields
 
 NUMAD = "Advice from numad is needed"
 MEMFD_SIZE = ("hugexml refuses a memfd page size the kernel lacks, which domxml-to-native "
@@ -42,7 +43,7 @@ def pretend_env(mounts: dict[int, str], default_page_kib: Optional[int],
         mounts=mounts, default_page_kib=default_page_kib, auto_nodes=None,
         memory_backing_dir="/var/lib/libvirt/qemu/ram",
         hugetlbfs_subdir="libvirt/qemu/-1-{short_name}", backing_subdir="-1-{short_name}")
-    if "thread_context" in qemuargs.QemuEnv.__dataclass_fields__:
+    if "thread_context" in fields(qemuargs.QemuEnv):
         kwargs["thread_context"] = thread_context
     return qemuargs.QemuEnv(**kwargs)
 

@@ -1,7 +1,8 @@
 """hugexml apply against the real libvirtd of the test bed (tests/libvirt/conftest.py).
 
 Defined guests are rewritten through libvirt-python: an explicit 2M rewrite, auto, --undo,
---all over a mix (one refused), backups on disk, a running guest left alone until its
+--all over a mix (auto leaves a guest no size can be supplied for on normal pages, largest
+refuses it), backups on disk, a running guest left alone until its
 restart, and a 2M guest started after apply that really maps 2M pages.
 """
 
@@ -68,16 +69,26 @@ def test_2m_rewrite_auto_and_undo_with_backups(bed, tmp_path):
     assert backup.read_text() + "\n" == before
     assert oct(backup.stat().st_mode & 0o777) == "0o600"
 
-    # auto: 1 GiB of RAM, the host has 1G pages -> one 1G page.
+    # auto: 1 GiB of RAM; the pools are empty and nothing is kept, so no 1G page can be
+    # promised (MemFree is only an upper bound): 2M, and the note says why.
     out = apply(bed, backups, gig, "--page-size", "auto", "--json")
     report = json.loads(out.stdout)
     assert report["summary"]["changed"] == [gig]
-    assert inactive_backing(bed, gig) == [("1048576", "KiB")]
+    assert inactive_backing(bed, gig) == [("2048", "KiB")]
+    assert report["results"][0]["notes"][0].startswith(
+        "memory (1G): 2M pages: 1G: only 0 of 1 pages can be supplied on node 0 now (free 0, "
+        "kept 0, allocatable 0; MemFree allows up to "), report["results"][0]["notes"]
 
     # Running it again changes nothing and writes no backup.
     again = json.loads(apply(bed, backups, gig, "--page-size", "auto", "--json").stdout)
     assert again["summary"]["unchanged"] == [gig]
     assert len(list(backups.iterdir())) == 2
+
+    # largest: the largest size that divides, whatever the host can supply -> one 1G page.
+    out = apply(bed, backups, gig, "--page-size", "largest", "--json")
+    assert json.loads(out.stdout)["summary"]["changed"] == [gig]
+    assert inactive_backing(bed, gig) == [("1048576", "KiB")]
+    assert len(list(backups.iterdir())) == 3
 
     # --undo restores the definition byte for byte and marks the backup used.
     out = apply(bed, backups, "--undo", plain)
@@ -103,15 +114,26 @@ def test_all_over_a_mix_refuses_what_does_not_fit(bed, tmp_path):
         Path("/sys/devices/system/node/node0/meminfo").read_text().split("MemTotal:")[1].split()[0]
     )
     too_big = bed.define("mix-huge", memory_mib=(mem_kib // 1024 // 1024 + 4) * 1024, page_kib=None)
-    out = apply(bed, backups, "--all", "--page-size", "auto", "--json", check=False)
+    # largest would give the huge guest a plan that can never fit: refused, nothing defined
+    out = apply(bed, backups, "--all", "--page-size", "largest", "--dry-run", "--json",
+                check=False)
     assert out.returncode == 1, out.stderr
     report = json.loads(out.stdout)
-    s = report["summary"]
-    assert s["refused"] == [too_big]
-    assert plain in s["changed"]
-    assert {done, odd} <= set(s.get("unchanged", []) + s.get("changed", []))
+    assert report["summary"]["refused"] == [too_big]
     refused = next(r for r in report["results"] if r["name"] == too_big)
     assert f"domain '{too_big}': refused" in refused["message"]
+    assert not backups.exists()
+    # auto counts only what the host can supply: no hugepage size can be supplied for the
+    # huge guest, so it stays on normal pages (unchanged), and the note says why
+    out = apply(bed, backups, "--all", "--page-size", "auto", "--json", check=False)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    s = report["summary"]
+    assert plain in s["changed"] and too_big in s["unchanged"]
+    assert {done, odd} <= set(s.get("unchanged", []) + s.get("changed", []))
+    huge = next(r for r in report["results"] if r["name"] == too_big)
+    assert "no host page size that divides" in huge["notes"][0] and \
+        "can be supplied now" in huge["notes"][0], huge["notes"]
     assert inactive_backing(bed, too_big) == []  # left exactly as it was
     assert inactive_backing(bed, plain) == [("2048", "KiB")]  # 256 MiB: 2M divides, 1G not
     assert len(list(backups.iterdir())) == len(s["changed"])
