@@ -28,6 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from hugexml.model import HostInfo  # noqa: E402
+from hugexml.pagesize import Pick  # noqa: E402
 from hugexml.rewrite import rewrite_xml  # noqa: E402
 
 HOST = HostInfo(default_page_kib=2048, page_sizes_kib=(2048, 1048576), nodes=(0, 1, 2, 3))
@@ -102,7 +103,7 @@ def batch(docs: list[bytes]) -> tuple[float, float, int]:
     changed = 0
     t0 = time.perf_counter()
     for data in docs:
-        changed += rewrite_xml(data, page_size_kib="auto", host=HOST).changed
+        changed += rewrite_xml(data, page_size=Pick.AUTO, host=HOST).changed
     rewrite = time.perf_counter() - t0
     return rewrite, baseline, changed
 
@@ -148,7 +149,7 @@ def main() -> int:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     docs = [make_domain(rng, i) for i in range(args.domains)]
-    rewrite_xml(docs[0], page_size_kib="auto", host=HOST)  # warm imports
+    rewrite_xml(docs[0], page_size=Pick.AUTO, host=HOST)  # warm imports
 
     rewrite_s, baseline_s, changed = batch(docs)
     rate = len(docs) / rewrite_s

@@ -20,11 +20,15 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 from hugexml.errors import HostError, HugexmlError, InvalidInput, LibvirtError
 from hugexml.model import HostInfo, Plan
 from hugexml.supply import HostSupply
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from hugexml.pagesize import PageSizeChoice
 
 DEFAULT_BACKUP_DIR = "/var/lib/hugexml/backups"
 # libvirt's stable ABI values (libvirt-domain.h), so fakes need not import libvirt.
@@ -37,7 +41,6 @@ _BACKUP = re.compile(
     r"(?P<name>.+)-(?P<uuid>[0-9a-fA-F-]{36})-(?P<stamp>\d{8}T\d{6}\.\d{6}Z)\.xml\Z"
 )
 
-PageSize = Union[int, str, None]
 FitCheck = Callable[[Plan, HostInfo], Optional[str]]
 
 
@@ -194,7 +197,7 @@ class Applier:
     def apply(
         self,
         name: str,
-        page_size: PageSize,
+        page_size: PageSizeChoice,
         memfd: bool = False,
         refuse_unfit: bool = False,
         drop_ondemand: bool = False,
@@ -205,7 +208,8 @@ class Applier:
             return Outcome(name, "failed", str(exc))
 
     def _apply(
-        self, name: str, page_size: PageSize, memfd: bool, refuse_unfit: bool, drop_ondemand: bool
+        self, name: str, page_size: PageSizeChoice, memfd: bool, refuse_unfit: bool,
+        drop_ondemand: bool
     ) -> Outcome:
         from hugexml.domxml import load_domain
         from hugexml.plan import make_plan
@@ -215,7 +219,7 @@ class Applier:
         old_bytes = old.encode("utf-8")
         result = rewrite_xml(
             old_bytes,
-            page_size_kib=page_size,
+            page_size=page_size,
             host=self.host,
             cells=None,
             memfd=memfd,
@@ -224,7 +228,9 @@ class Applier:
             supply=self.supply,
         )
         running = bool(self._call(name, "isActive", dom.isActive))
-        notes = (self.supply_notes if page_size == "auto" else []) + list(result.notes)
+        from hugexml.pagesize import Pick
+
+        notes = (self.supply_notes if page_size is Pick.AUTO else []) + list(result.notes)
         if not result.changed:
             return Outcome(
                 name,

@@ -322,14 +322,16 @@ def _filter(call: Call) -> int:
     out = data
     if mentions_hugepages(data):
         from hugexml.daemon import libvirt_visible_sizes
-        from hugexml.rewrite import refit_for_host
+        from hugexml.refit import refit_for_hook
 
-        result = refit_for_host(data, call.host_info(),
+        result = refit_for_hook(data, call.host_info(),
                                 libvirt_visible_sizes(call.root, call.state_dir),
                                 f"domain '{call.name}' XML")
         if result.changed:
             out = result.data
             call.log("refitted: " + "; ".join(result.notes))
+        elif result.notes:  # e.g. the supply could not be read: why the XML stayed as is
+            call.log("unchanged: " + "; ".join(result.notes))
     call.stdout.write(out)
     call.stdout.flush()
     return 0

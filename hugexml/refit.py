@@ -7,7 +7,7 @@
   (``mounted_sizes_kib``); memfd-backed memory needs no mount. With a ``supply``
   (``hugexml.supply``), "can give" also means the host can supply the pages there now
   (free, kept, or what buddyinfo says the node can add, within the margin): a size it
-  cannot becomes the next smaller one it can (``rewrite.choose_fitting``);
+  cannot becomes the next smaller one it can (``pagesize.choose_fitting``);
 - ``<numatune>`` nodesets and memory devices' ``<nodemask>`` lose the host nodes that do not
   exist here; a binding left with no node is removed.
 
@@ -28,32 +28,42 @@ from typing import Any, Optional
 from hugexml import conflicts
 from hugexml.errors import InvalidDomain
 from hugexml.model import MEMORY_DEVICE_MODELS, Domain, HostInfo
+from hugexml.pagesize import (
+    choose_fitting,
+    current_pages,
+    describe,
+    resolve,
+    target_label,
+    target_memory_kib,
+)
 from hugexml.rewrite import (
-    BARE,
     DEVICE_NODEMASK,
     DEVICE_PAGESIZE,
     DEVICE_SOURCE,
-    INHERITING_MODELS,
     MEMORY_DEVICES,
     NUMATUNE,
     NUMATUNE_MEMNODES,
     NUMATUNE_MEMORY,
     Doc,
-    PageMap,
     RewriteResult,
-    choose_fitting,
-    current_pages,
-    describe,
-    device_need,
-    target_label,
-    target_memory_kib,
-    target_needs,
     verify,
     write_backing,
 )
-from hugexml.supply import HostSupply, Need, Tally, guest_key_of
+from hugexml.supply import (
+    INHERITING_MODELS,
+    HostSupply,
+    Need,
+    Tally,
+    device_need,
+    guest_key_of,
+    target_needs,
+)
 from hugexml.units import UnitError, format_kib, format_nodeset, parse_nodeset
 from hugexml.xmlsafe import parse_bytes
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from hugexml.pagesize import Asked, PageMap, PageSize
 
 
 class Usable:
@@ -68,9 +78,10 @@ class Usable:
             sizes &= self.mounted
         self.sizes = tuple(sorted(sizes))
 
-    def why_not(self, size_kib: Optional[int]) -> str:
-        if size_kib is None:
+    def why_not(self, size: Asked) -> str:
+        if not isinstance(size, int):
             return "no default hugepage size on this host"
+        size_kib = size
         if size_kib not in self.host.page_sizes_kib:
             return f"no {format_kib(size_kib)} pages on this host"
         return f"no hugetlbfs mount for {format_kib(size_kib)} pages that the libvirt daemon knows"
@@ -119,14 +130,16 @@ def bound_here(doc: Doc, source: str) -> Domain:
     return parse_domain_tree(parse_bytes(doc.splice.apply(), source), source)
 
 
-def refit_size(needs: list[Need], size: Optional[int], usable: Usable, tally: Optional[Tally]
-               ) -> Optional[tuple[Optional[int], str]]:
-    """None when ``size`` (None: normal pages) can be had (and, with a tally, supplied now:
-    it then takes its pages); else (the size it becomes, why, for the notes)."""
-    if size is not None and size not in usable.sizes:
+def refit_size(needs: list[Need], size: PageSize, usable: Usable, tally: Optional[Tally]
+               ) -> Optional[tuple[PageSize, str]]:
+    """None when ``size`` can be had (and, with a tally, supplied now: it then takes its
+    pages); else (the size it becomes, why, for the notes)."""
+    if not isinstance(size, int):  # normal pages can always be had
+        return None
+    if size not in usable.sizes:
         new, why = choose_fitting(needs, usable.sizes, tally)
         return new, f"{usable.why_not(size)}; now {describe(new)} ({why})"
-    if size is None or tally is None:
+    if tally is None:
         return None
     short = tally.take(needs, size)
     if short is None:
@@ -145,14 +158,12 @@ def refit_pages(doc: Doc, bound: Domain, usable: Usable, tally: Optional[Tally],
     desired: PageMap = {}
     changed = False
     for target, asked in current.items():
-        size = host.default_page_kib if asked == BARE else asked
-        if size is not None and size == host.system_page_kib:
-            size = None
         needs = target_needs(bound, target, targets[target], host)
-        if asked == BARE and size is None:
-            new, why = choose_fitting(needs, usable.sizes, tally)
-            refit: Optional[tuple[Optional[int], str]] = (
-                new, f"{usable.why_not(None)}; now {describe(new)} ({why})")
+        size = resolve(asked, host)
+        refit: Optional[tuple[PageSize, str]]
+        if size is None:  # the host's default size, and this host has none
+            size, why = choose_fitting(needs, usable.sizes, tally)
+            refit = (size, f"{usable.why_not(asked)}; now {describe(size)} ({why})")
         else:
             refit = refit_size(needs, size, usable, tally)
         if refit is not None:
@@ -181,7 +192,7 @@ def refit_devices(doc: Doc, bound: Domain, usable: Usable, tally: Optional[Tally
                            size, usable, tally)
         if refit is None:
             continue
-        new = refit[0] or system_kib
+        new = refit[0] if isinstance(refit[0], int) else system_kib
         span = doc.span(DEVICE_PAGESIZE(elements[device.index])[0])
         doc.splice.set_text(span, str(new))
         doc.splice.set_attribute(span, "unit", "KiB")
@@ -250,3 +261,20 @@ def refit_nodemasks(doc: Doc, nodes: frozenset[int], notes: list[str]) -> None:
             doc.splice.remove_element(doc.span(DEVICE_SOURCE(element)[0]))
         else:
             doc.splice.remove_element(doc.span(mask))
+
+
+def refit_for_hook(data: bytes, host: HostInfo, mounted_sizes_kib: Optional[Iterable[int]],
+                   source: str) -> RewriteResult:
+    """The migrate/restore filter as the hook calls it: ``refit_for_host`` with what this
+    host can supply now (``supply.from_env``: the host, state dir and config the environment
+    names). When that cannot be read, sizes are judged as before and a note says so: the
+    supply never makes the filter fail."""
+    from hugexml.supply import from_env
+
+    supply, unknown = from_env()
+    result = refit_for_host(data, host, mounted_sizes_kib, source, supply=supply)
+    if unknown is not None:
+        result.notes.append(unknown)
+    elif result.changed and supply is not None:
+        result.notes.extend(supply.notes)
+    return result

@@ -21,7 +21,7 @@ then every node, interleave: an even share on each node, unbound: any node, as
 ``fit.place`` places them) and the margin, so two cells bound to one node cannot count the
 same page. ``target_needs`` says what takes a target's page size (the cell and the memory
 devices that borrow its pages, bound as ``plan.binding`` binds them).
-``rewrite.choose_fitting`` asks the tally whether a size can be supplied (``take``); a
+``pagesize.choose_fitting`` asks the tally whether a size can be supplied (``take``); a
 ``Short`` says why not, in one clause.
 
 ``read_supply`` fills the snapshot: one view read through the HostGateway, buddyinfo, one

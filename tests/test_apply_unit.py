@@ -15,6 +15,7 @@ from hugexml import apply as ap
 from hugexml.cli import main as cli_main
 from hugexml.errors import LibvirtError
 from hugexml.model import HostInfo
+from hugexml.pagesize import Pick
 
 HOST = HostInfo(default_page_kib=2048, page_sizes_kib=(2048, 1048576), nodes=(0,))
 
@@ -180,7 +181,7 @@ def test_auto_picks_per_host_and_undo_walks_back(conn, tmp_path):
     original = dom.xml
     clock = iter(range(1_000_000, 1_000_100))
     a = applier(conn, tmp_path, clock=lambda: float(next(clock)))
-    first = a.apply("vm1", "auto")
+    first = a.apply("vm1", Pick.AUTO)
     assert first.status == "changed"
     assert "1048576" in dom.xml  # 2 GiB: the largest dividing size is 1G
     after_auto = dom.xml
@@ -229,7 +230,7 @@ def test_all_auto_refuses_guests_that_do_not_fit(conn, tmp_path):
     conn.add("huge", kib=64 * 1048576)
     check = ap.capacity_fit_check(lambda node: 8 * 1048576)  # 8 GiB on node 0
     a = applier(conn, tmp_path, fit_check=check)
-    outs = [a.apply(n, "auto", refuse_unfit=True) for n in a.persistent_names()]
+    outs = [a.apply(n, Pick.AUTO, refuse_unfit=True) for n in a.persistent_names()]
     by = {o.name: o for o in outs}
     assert by["small"].status == "changed"
     assert by["huge"].status == "refused" and "domain 'huge': refused" in by["huge"].message
@@ -332,10 +333,10 @@ def one_node_supply(free_1g: int = 0, kept_1g: int = 0):
 
 
 @pytest.mark.parametrize("free_1g, kept_1g, page_size, expected", [
-    (0, 0, "auto", "2048"),          # no 1G page can be promised: 2M
-    (0, 2, "auto", "1048576"),       # two kept 1G pages: 1G
-    (1, 0, "auto", "2048"),          # one of two is not enough
-    (0, 0, "largest", "1048576"),    # the largest that divides, whatever the supply
+    (0, 0, Pick.AUTO, "2048"),          # no 1G page can be promised: 2M
+    (0, 2, Pick.AUTO, "1048576"),       # two kept 1G pages: 1G
+    (1, 0, Pick.AUTO, "2048"),          # one of two is not enough
+    (0, 0, Pick.LARGEST, "1048576"),    # the largest that divides, whatever the supply
 ])
 def test_auto_counts_what_the_host_can_supply(conn, tmp_path, free_1g, kept_1g, page_size,
                                              expected):
@@ -345,7 +346,7 @@ def test_auto_counts_what_the_host_can_supply(conn, tmp_path, free_1g, kept_1g, 
     out = a.apply("vm1", page_size)
     assert out.status == "changed", out.message
     assert f"<page size='{expected}' unit='KiB'/>" in dom.xml
-    if page_size == "auto":
+    if page_size is Pick.AUTO:
         assert out.notes[0] == "a note from reading the supply"
         assert "can be supplied now" in out.notes[1]
     else:

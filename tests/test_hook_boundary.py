@@ -30,7 +30,7 @@ STEPS = [
     "hugexml.hook:Call.xml", "hugexml.hook:Call.has_record", "hugexml.hook:Call.config",
     "hugexml.hook:Call.host_info", "hugexml.hook:Call.allocator", "hugexml.hook:Call.guest",
     "hugexml.plan:plan_xml", "hugexml.daemon:mount_problems",
-    "hugexml.daemon:libvirt_visible_sizes", "hugexml.rewrite:refit_for_host",
+    "hugexml.daemon:libvirt_visible_sizes", "hugexml.refit:refit_for_hook",
     "hugexml.live:live_guest", "hugexml.config:load_config",
     "hugexml.ledger:Store.lock", "hugexml.ledger:Store.load", "hugexml.ledger:Store.commit",
     "hugexml.ledger:Store.write_journal", "hugexml.ledger:Store.write_guest",
@@ -115,8 +115,11 @@ def test_every_failure_keeps_the_contract(host, monkeypatch, tmp_path, op, step,
             assert out in (b"", xml) or out.startswith(b"<domain")
     if OPS[op] == "filter" and step in CONTAINED_IN_FILTERS:
         # the filter's supply reader (hugexml.supply.from_env) contains it: sizes are judged
-        # as before (this guest fits: its XML unchanged), the refit's notes say why
+        # as before (this guest fits: its XML unchanged), the hook log says why
         assert out == xml, out
+        log = (tmp_path / "state" / "hook.log").read_text()
+        assert f"domain 'vm1' {op} " in log and "unchanged: " in log, log
+        assert "what this host can supply now is unknown" in log, log
         return
     if op in HIT.get(step, set()) and step != "hugexml.hook:Call.config":
         log = (tmp_path / "state" / "hook.log").read_text()

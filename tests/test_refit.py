@@ -422,9 +422,9 @@ def test_the_restore_filter_counts_the_kept_pages_of_the_state(tmp_path, monkeyp
 
 
 def test_the_filter_without_a_readable_supply_refits_as_before(monkeypatch, tmp_path) -> None:
-    """The hook's entry (rewrite.refit_for_host) reads the supply itself; when it cannot, the
+    """The hook's entry (refit.refit_for_hook) reads the supply itself; when it cannot, the
     refit is today's and a note says so."""
-    from hugexml.rewrite import refit_for_host as hook_refit
+    from hugexml.refit import refit_for_hook as hook_refit
 
     monkeypatch.setenv("HUGEXML_ROOT", str(tmp_path / "empty"))
     monkeypatch.setenv("HUGEXML_STATE_DIR", str(tmp_path / "state"))

@@ -22,6 +22,7 @@ from supplyfix import keep_pages, supply_table
 from hugexml.domxml import load_domain
 from hugexml.errors import InvalidDomain, InvalidInput, InvalidXML, UnsupportedPageSize
 from hugexml.model import HostInfo
+from hugexml.pagesize import Pick
 from hugexml.plan import make_plan
 from hugexml.rewrite import rewrite_xml
 from hugexml.supply import HostSupply, PoolSupply
@@ -45,52 +46,52 @@ SUPPLY_NO_1G = supply_table({(n, G1): (0, 0, 0, 20) for n in range(4)}, NODES)
 #          None as a size = normal RAM, expected <source type>)
 TABLE: dict[str, tuple[dict[str, Any], dict[Optional[int], Optional[int]], Optional[str]]] = {
     # comments, a PI, '>' in a comment, XML declaration; bare <hugepages/> made explicit
-    "comments-everywhere": ({"page_size_kib": G1}, {None: G1}, None),
+    "comments-everywhere": ({"page_size": G1}, {None: G1}, None),
     # tabs, double quotes, attributes over lines, entities, CDATA, no final newline
-    "odd-formatting": ({"page_size_kib": M2}, {None: M2}, None),
+    "odd-formatting": ({"page_size": M2}, {None: M2}, None),
     # CRLF; memoryBacking with every other child kept; auto on 4G -> 1G
-    "crlf-auto": ({"page_size_kib": "auto"}, {None: G1}, None),
+    "crlf-auto": ({"page_size": Pick.AUTO}, {None: G1}, None),
     # no memoryBacking: inserted after <memtune>; auto per cell: 4G, 1536M, 1025M
-    "numa-auto-mixed": ({"page_size_kib": "auto"}, {0: G1, 1: M2, 2: None}, None),
+    "numa-auto-mixed": ({"page_size": Pick.AUTO}, {0: G1, 1: M2, 2: None}, None),
     # --cells 1,3 --page-size 1G over a master 2M page ('2' 'M' units)
-    "cells-subset": ({"page_size_kib": G1, "cells": frozenset({1, 3})},
+    "cells-subset": ({"page_size": G1, "cells": frozenset({1, 3})},
                      {0: M2, 1: G1, 2: M2, 3: G1}, None),
-    "memfd": ({"page_size_kib": M2, "memfd": True}, {None: M2}, "memfd"),
-    "memfd-insert": ({"page_size_kib": M2, "memfd": True}, {None: M2}, "memfd"),
+    "memfd": ({"page_size": M2, "memfd": True}, {None: M2}, "memfd"),
+    "memfd-insert": ({"page_size": M2, "memfd": True}, {None: M2}, "memfd"),
     # already what auto wants: same bytes
-    "already-fits": ({"page_size_kib": "auto"}, {0: G1, 1: M2, 2: None}, None),
+    "already-fits": ({"page_size": Pick.AUTO}, {0: G1, 1: M2, 2: None}, None),
     # a document on one line: the new element is written on one line too
-    "single-line": ({"page_size_kib": "auto"}, {None: G1}, None),
-    "empty-backing-memfd": ({"page_size_kib": M2, "memfd": True}, {None: M2}, "memfd"),
+    "single-line": ({"page_size": Pick.AUTO}, {None: G1}, None),
+    "empty-backing-memfd": ({"page_size": M2, "memfd": True}, {None: M2}, "memfd"),
     # cell 1 backs a 512M dimm: 1G would not divide it, so 2M
-    "dimm-inherits": ({"page_size_kib": "auto"}, {0: G1, 1: M2}, None),
+    "dimm-inherits": ({"page_size": Pick.AUTO}, {0: G1, 1: M2}, None),
     # an explicit size for all cells drops the other page sizes
-    "drop-other-sizes": ({"page_size_kib": M2}, {0: M2, 1: M2}, None),
+    "drop-other-sizes": ({"page_size": M2}, {0: M2, 1: M2}, None),
     # 4K = the system page size = normal RAM: <hugepages> goes, <nosharepages/> stays
-    "normal-pages": ({"page_size_kib": 4}, {None: None}, None),
-    "backing-removed": ({"page_size_kib": 4}, {None: None}, None),
+    "normal-pages": ({"page_size": 4}, {None: None}, None),
+    "backing-removed": ({"page_size": 4}, {None: None}, None),
     # conflicts with hugepages, resolved because asked (libvirt refuses them with hugepages)
-    "anonymous-memfd": ({"page_size_kib": M2, "memfd": True}, {None: M2}, "memfd"),
-    "ondemand-dropped": ({"page_size_kib": G1, "drop_ondemand": True}, {None: G1}, None),
-    "ondemand-threads": ({"page_size_kib": "auto", "drop_ondemand": True}, {0: G1, 1: G1},
+    "anonymous-memfd": ({"page_size": M2, "memfd": True}, {None: M2}, "memfd"),
+    "ondemand-dropped": ({"page_size": G1, "drop_ondemand": True}, {None: G1}, None),
+    "ondemand-threads": ({"page_size": Pick.AUTO, "drop_ondemand": True}, {0: G1, 1: G1},
                          None),
     # a domain libvirt refuses (anonymous + hugepages) made one it takes: normal pages
-    "anonymous-normal-pages": ({"page_size_kib": 4}, {None: None}, "anonymous"),
+    "anonymous-normal-pages": ({"page_size": 4}, {None: None}, "anonymous"),
     # auto counts only what the host can supply now, per cell and its node binding: cell 0
     # (node 0) has one kept 1G page of 2; cell 1 and its dimm take node 1's three; cell 2
     # interleaves one page on each of nodes 2-3; cell 3 prefers node 3, left with none
-    "supply-numa": ({"page_size_kib": "auto", "supply": SUPPLY_NUMA},
+    "supply-numa": ({"page_size": Pick.AUTO, "supply": SUPPLY_NUMA},
                     {0: M2, 1: G1, 2: G1, 3: M2}, None),
     # no 1G page can be promised: 2M (largest would write 1G)
-    "supply-no-1g": ({"page_size_kib": "auto", "supply": SUPPLY_NO_1G}, {None: M2}, None),
+    "supply-no-1g": ({"page_size": Pick.AUTO, "supply": SUPPLY_NO_1G}, {None: M2}, None),
 }
 # NAME -> rewrite options; NAME-err.txt is the one line hugexml refuses NAME-in.xml with
 REFUSED: dict[str, dict[str, Any]] = {
-    "anonymous-refused": {"page_size_kib": M2},
-    "ondemand-refused": {"page_size_kib": "auto"},
-    "both-refused": {"page_size_kib": G1},
+    "anonymous-refused": {"page_size": M2},
+    "ondemand-refused": {"page_size": Pick.AUTO},
+    "both-refused": {"page_size": G1},
     # the input itself is one libvirt refuses: no rewrite makes it acceptable
-    "already-broken": {"page_size_kib": G1},
+    "already-broken": {"page_size": G1},
 }
 
 
@@ -151,13 +152,13 @@ def test_golden(name: str) -> None:
 
 def test_unchanged_input_is_returned_as_is() -> None:
     data, _ = golden("already-fits")
-    result = rewrite_xml(data, page_size_kib="auto", host=HOST)
+    result = rewrite_xml(data, page_size=Pick.AUTO, host=HOST)
     assert result.data is data and not result.changed
 
 
 def test_auto_explains_each_choice() -> None:
     data, _ = golden("numa-auto-mixed")
-    notes = rewrite_xml(data, page_size_kib="auto", host=HOST).notes
+    notes = rewrite_xml(data, page_size=Pick.AUTO, host=HOST).notes
     assert notes == [
         "cell 0 (4G): 1G pages: the largest host page size (1G, 2M) that divides 4G",
         "cell 1 (1536M): 2M pages: the largest host page size (1G, 2M) that divides 1536M "
@@ -165,33 +166,33 @@ def test_auto_explains_each_choice() -> None:
         "cell 2 (1025M): normal pages: no host page size (1G, 2M) divides 1025M",
     ]
     data, _ = golden("dimm-inherits")
-    notes = rewrite_xml(data, page_size_kib="auto", host=HOST).notes
+    notes = rewrite_xml(data, page_size=Pick.AUTO, host=HOST).notes
     assert "dimm #0 (512M)" in notes[1] and notes[1].startswith("cell 1 (2G): 2M pages")
 
 
 def test_auto_on_a_host_with_only_2m() -> None:
     data, _ = golden("numa-auto-mixed")
     host = HostInfo(default_page_kib=M2, page_sizes_kib=(M2,), nodes=(0, 1))
-    result = rewrite_xml(data, page_size_kib="auto", host=host)
+    result = rewrite_xml(data, page_size=Pick.AUTO, host=host)
     assert plan_sizes(result.data, host) == {0: M2, 1: M2, 2: None}
     assert b"<page size='2048' unit='KiB' nodeset='0-1'/>" in result.data
 
 
 def test_explicit_size_that_does_not_divide_warns() -> None:
     data, _ = golden("numa-auto-mixed")
-    result = rewrite_xml(data, page_size_kib=G1, host=HOST, cells=frozenset({1}))
+    result = rewrite_xml(data, page_size=G1, host=HOST, cells=frozenset({1}))
     assert result.notes == [
         "warning: cell 1 (1536M) is not a multiple of 1G: it takes 2 pages (2G)"]
     assert plan_sizes(result.data) == {0: None, 1: G1, 2: None}
 
 
 @pytest.mark.parametrize("options, error, text", [
-    ({"page_size_kib": 5 * 1024}, InvalidInput, "not a power of two"),
-    ({"page_size_kib": 16 * G1}, UnsupportedPageSize,
+    ({"page_size": 5 * 1024}, InvalidInput, "not a power of two"),
+    ({"page_size": 16 * G1}, UnsupportedPageSize,
      "hugepage size 16777216 KiB is not supported by this host (supported: 2M, 1G)"),
-    ({"page_size_kib": G1, "cells": frozenset({7})}, InvalidInput, "has no guest cell 7"),
-    ({"page_size_kib": "auto", "host": None}, InvalidInput, "auto needs the host"),
-    ({"page_size_kib": "huge"}, InvalidInput, "is not a size, 'auto' or 'largest'"),
+    ({"page_size": G1, "cells": frozenset({7})}, InvalidInput, "has no guest cell 7"),
+    ({"page_size": Pick.AUTO, "host": None}, InvalidInput, "auto needs the host"),
+    ({"page_size": "huge"}, InvalidInput, "is not a size, 'auto' or 'largest'"),
 ])
 def test_refusals(options: dict[str, Any], error: type, text: str) -> None:
     data, _ = golden("numa-auto-mixed")
@@ -204,32 +205,32 @@ def test_refusals(options: dict[str, Any], error: type, text: str) -> None:
 def test_cells_on_a_guest_without_cells() -> None:
     data, _ = golden("crlf-auto")
     with pytest.raises(InvalidInput, match="has no guest NUMA cells"):
-        rewrite_xml(data, page_size_kib=M2, host=HOST, cells=frozenset({0}))
+        rewrite_xml(data, page_size=M2, host=HOST, cells=frozenset({0}))
 
 
 def test_not_a_domain() -> None:
     with pytest.raises(InvalidXML, match="root element is <domstatus>"):
-        rewrite_xml(b"<domstatus><domain/></domstatus>", page_size_kib=M2, host=HOST)
+        rewrite_xml(b"<domstatus><domain/></domstatus>", page_size=M2, host=HOST)
 
 
 def test_bare_default_kept_for_other_cells_needs_the_default() -> None:
     data = (GOLDEN / "cells-subset-in.xml").read_bytes().replace(
         b"<hugepages>\n      <page size='2' unit='M'/>\n    </hugepages>", b"<hugepages/>")
-    result = rewrite_xml(data, page_size_kib=G1, host=HOST, cells=frozenset({0}))
+    result = rewrite_xml(data, page_size=G1, host=HOST, cells=frozenset({0}))
     assert plan_sizes(result.data) == {0: G1, 1: M2, 2: M2, 3: M2}
     with pytest.raises(InvalidInput, match="default hugepage size is unknown"):
-        rewrite_xml(data, page_size_kib=G1, host=None, cells=frozenset({0}))
+        rewrite_xml(data, page_size=G1, host=None, cells=frozenset({0}))
 
 
 def test_without_a_host_an_explicit_size_is_written() -> None:
     data, expected = golden("comments-everywhere")
-    assert rewrite_xml(data, page_size_kib=G1, host=None).data == expected
+    assert rewrite_xml(data, page_size=G1, host=None).data == expected
 
 
 # --- auto and what the host can supply now --------------------------------------------------
 def test_auto_with_a_supply_says_why_per_cell() -> None:
     data, _ = golden("supply-numa")
-    notes = rewrite_xml(data, page_size_kib="auto", host=HOST, supply=SUPPLY_NUMA).notes
+    notes = rewrite_xml(data, page_size=Pick.AUTO, host=HOST, supply=SUPPLY_NUMA).notes
     assert notes == [
         "cell 0 (2G): 2M pages: 1G: only 1 of 2 pages can be supplied on node 0 now (free 0, "
         "kept 1, allocatable 0; MemFree allows up to 12 more, not a promise: not counted); 2M "
@@ -249,9 +250,9 @@ def test_auto_with_a_supply_says_why_per_cell() -> None:
 
 def test_largest_is_the_largest_that_divides_whatever_the_supply() -> None:
     data, _ = golden("supply-numa")
-    largest = rewrite_xml(data, page_size_kib="largest", host=HOST, supply=SUPPLY_NUMA)
+    largest = rewrite_xml(data, page_size=Pick.LARGEST, host=HOST, supply=SUPPLY_NUMA)
     assert plan_sizes(largest.data) == {0: G1, 1: G1, 2: G1, 3: G1}
-    assert largest.data == rewrite_xml(data, page_size_kib="auto", host=HOST).data
+    assert largest.data == rewrite_xml(data, page_size=Pick.AUTO, host=HOST).data
     assert largest.notes[0] == "cell 0 (2G): 1G pages: the largest host page size (1G, 2M) " \
                                "that divides 2G"
 
@@ -259,13 +260,13 @@ def test_largest_is_the_largest_that_divides_whatever_the_supply() -> None:
 def test_cells_left_alone_take_their_pages_first() -> None:
     """--cells 3: cells 0-2 keep their sizes and take their pages before cell 3 is judged."""
     data, _ = golden("supply-numa")
-    all_1g = rewrite_xml(data, page_size_kib=G1, host=HOST).data
-    result = rewrite_xml(all_1g, page_size_kib="auto", host=HOST, supply=SUPPLY_NUMA,
+    all_1g = rewrite_xml(data, page_size=G1, host=HOST).data
+    result = rewrite_xml(all_1g, page_size=Pick.AUTO, host=HOST, supply=SUPPLY_NUMA,
                          cells=frozenset({3}))
     assert plan_sizes(result.data) == {0: G1, 1: G1, 2: G1, 3: M2}
     # with cells 0-2 on 2M, node 3's free page and node 0's kept one are cell 3's
-    all_2m = rewrite_xml(data, page_size_kib=M2, host=HOST).data
-    result = rewrite_xml(all_2m, page_size_kib="auto", host=HOST, supply=SUPPLY_NUMA,
+    all_2m = rewrite_xml(data, page_size=M2, host=HOST).data
+    result = rewrite_xml(all_2m, page_size=Pick.AUTO, host=HOST, supply=SUPPLY_NUMA,
                          cells=frozenset({3}))
     assert plan_sizes(result.data) == {0: M2, 1: M2, 2: M2, 3: G1}
     assert "2 pages on nodes 0-3 (free 5, kept 1, allocatable 0" in result.notes[0]
@@ -280,7 +281,7 @@ def test_the_guests_own_pages_count_for_it() -> None:
     key = guest_key_of("supply-numa", "7f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5")
     held = supply_table({(0, G1): (0, 1, 0), (1, G1): (3, 0, 0), (2, G1): (1, 0, 0),
                          (3, G1): (1, 0, 0)}, NODES, held={str(key): {(0, G1): 1}})
-    result = rewrite_xml(data, page_size_kib="auto", host=HOST, supply=held)
+    result = rewrite_xml(data, page_size=Pick.AUTO, host=HOST, supply=held)
     assert plan_sizes(result.data)[0] == G1
     assert "(free 0, kept 1, this guest's own 1, allocatable 0)" in result.notes[0]
 
@@ -319,12 +320,12 @@ def test_a_device_with_its_own_page_size_takes_its_pages_first() -> None:
 </domain>
 """
     two = supply_table({(0, G1): (2, 0, 0)}, NODES)
-    result = rewrite_xml(data, page_size_kib="auto", host=HOST, supply=two)
+    result = rewrite_xml(data, page_size=Pick.AUTO, host=HOST, supply=two)
     assert plan_sizes(result.data) == {0: M2}
     assert "1G: only 1 of 2 pages can be supplied on node 0 now (free 2, kept 0, allocatable 0; " \
            "1 already counted for this guest's other memory)" in result.notes[0]
     three = supply_table({(0, G1): (3, 0, 0)}, NODES)
-    assert plan_sizes(rewrite_xml(data, page_size_kib="auto", host=HOST, supply=three).data) \
+    assert plan_sizes(rewrite_xml(data, page_size=Pick.AUTO, host=HOST, supply=three).data) \
         == {0: G1}
 
 
@@ -623,18 +624,18 @@ def generated(draw: Any) -> tuple[bytes, dict[Optional[int], Optional[int]], dic
     lines.append(b"</domain>")
     data = nl.join(lines) + draw(st.sampled_from([b"", nl]))
 
-    size = draw(st.sampled_from(["auto", M2, G1, 4]))
+    size = draw(st.sampled_from([Pick.AUTO, M2, G1, 4]))
     chosen = None
     if ncells and draw(st.booleans()):
         chosen = frozenset(draw(st.lists(st.integers(0, ncells - 1), min_size=1, unique=True)))
     memory = {t: (cells[t] if t is not None else memory_mib) * 1024 for t in targets}
     expected = dict(original)
     for t in targets if chosen is None else sorted(chosen):
-        if size == "auto":
+        if size is Pick.AUTO:
             expected[t] = G1 if memory[t] % G1 == 0 else M2 if memory[t] % M2 == 0 else None
         else:
             expected[t] = None if size == 4 else int(size)
-    options = {"page_size_kib": size, "cells": chosen, "memfd": draw(st.booleans())}
+    options = {"page_size": size, "cells": chosen, "memfd": draw(st.booleans())}
     return data, expected, options
 
 
@@ -696,7 +697,7 @@ def test_generated_domains_with_a_supply(case: tuple[bytes, dict, dict],
     result = rewrite_xml(data, host=HOST, supply=supply, **options)
     got = plan_sizes(result.data)
     for target, size in got.items():
-        if options["page_size_kib"] == "auto":
+        if options["page_size"] is Pick.AUTO:
             assert (size or 0) <= (expected[target] or 0), (target, result.notes)
         else:
             assert size == expected[target]

@@ -17,7 +17,7 @@ from supplyfix import Clock, keep_pages, supply_table
 from hugexml.alloc import Allocator
 from hugexml.errors import HostError
 from hugexml.fit import Margin
-from hugexml.rewrite import choose_fitting
+from hugexml.pagesize import Backing, choose_fitting
 from hugexml.supply import (
     HostSupply,
     Need,
@@ -61,13 +61,13 @@ CASES: dict[str, tuple[HostSupply, list[Need], Optional[int], list[str]]] = {
         snapshot({(0, M2): (0, 0, 1024)}, nodes=(0,)), [cell(2)], M2,
         ["1024 pages on node 0 (free 0, kept 0, allocatable 1024)"]),
     "nothing to supply: normal pages": (
-        snapshot({(0, M2): (10, 0, 100)}, nodes=(0,)), [cell(2)], None,
+        snapshot({(0, M2): (10, 0, 100)}, nodes=(0,)), [cell(2)], Backing.NORMAL,
         ["2M: only 110 of 1024 pages", "no host page size that divides 2G can be supplied now"]),
     "the margin keeps allocatable pages back": (
-        snapshot({(0, M2): (0, 0, 5000)}, nodes=(0,), room={0: GIB}), [cell(2)], None,
+        snapshot({(0, M2): (0, 0, 5000)}, nodes=(0,), room={0: GIB}), [cell(2)], Backing.NORMAL,
         ["only 512 of 1024 pages", "allocatable 512 within the margin, 5000 without"]),
     "below the margin nothing can be added": (
-        snapshot({(0, M2): (0, 0, 5000)}, nodes=(0,), room={0: -GIB}), [cell(1)], None,
+        snapshot({(0, M2): (0, 0, 5000)}, nodes=(0,), room={0: -GIB}), [cell(1)], Backing.NORMAL,
         ["allocatable 0 within the margin, 5000 without"]),
     "strict: another node's pages do not count": (
         snapshot({(1, G1): (4, 0, 0), (0, M2): (0, 0, 5000)}), [cell(2, (0,), "strict")], M2,
@@ -135,7 +135,7 @@ def test_grown_pages_of_one_size_use_the_room_of_the_other() -> None:
     tally = Tally(supply)
     assert choose_fitting([cell(2)], (M2,), tally)[0] == M2
     size, why = choose_fitting([cell(2)], (G1,), tally)
-    assert size is None and "only 1 of 2 pages" in why
+    assert size is Backing.NORMAL and "only 1 of 2 pages" in why
 
 
 def test_a_guests_own_pages_count_for_it_alone() -> None:
@@ -242,7 +242,7 @@ def test_host_supply_reads_the_margin_from_the_config(kernel, tmp_path) -> None:
     supply = host_supply(kernel.fk.host_root, str(tmp_path / "state"), str(conf), True)
     assert supply.room_kib[0] == kernel.fk.mem_free_kib(0) - 15 * GIB < 0
     size, why = choose_fitting([cell(1)], (M2,), Tally(supply))
-    assert size is None and "allocatable 0 within the margin" in why
+    assert size is Backing.NORMAL and "allocatable 0 within the margin" in why
 
 
 def test_from_env_never_raises(monkeypatch, tmp_path) -> None:

@@ -57,12 +57,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _page_size(text: str) -> Any:
     from hugexml.errors import InvalidInput
-    from hugexml.units import UnitError, parse_cli_size_kib
+    from hugexml.pagesize import parse_choice
+    from hugexml.units import UnitError
 
-    if text.strip().lower() in ("auto", "largest"):
-        return text.strip().lower()
     try:
-        return parse_cli_size_kib(text)
+        return parse_choice(text)
     except UnitError as exc:
         raise InvalidInput(reason=f"--page-size: {exc}") from None
 
@@ -76,11 +75,13 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         raise InvalidInput(reason="--undo needs domain names (not --all)")
     if args.all == bool(args.domains):
         raise InvalidInput(reason="name the domains, or give --all (not both)")
+    from hugexml.pagesize import Pick
+
     page_size = _page_size(args.page_size)
     host = read_host_info(ctx.root)
     supply: Any = None
     supply_notes: list[str] = []
-    if page_size == "auto" and not args.undo:
+    if page_size is Pick.AUTO and not args.undo:
         from hugexml.commands.rewrite import read_supply
 
         supply, supply_notes = read_supply(ctx)
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
                     name,
                     page_size,
                     memfd=args.memfd,
-                    refuse_unfit=args.all and page_size in ("auto", "largest"),
+                    refuse_unfit=args.all and isinstance(page_size, Pick),
                     drop_ondemand=args.drop_ondemand,
                 )
             outcomes.append(outcome)

@@ -54,8 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
     from hugexml.hostinfo import read_host_info
+    from hugexml.pagesize import Pick, parse_choice
     from hugexml.rewrite import rewrite_xml
-    from hugexml.units import MAX_NODES, UnitError, parse_cli_size_kib, parse_nodeset
+    from hugexml.units import MAX_NODES, UnitError, parse_nodeset
     from hugexml.xmlsafe import read_limited
 
     if args.no_backup and not args.in_place:
@@ -63,8 +64,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
     if args.in_place and args.file == "-":
         raise InvalidInput(reason="--in-place needs a FILE, not stdin")
     try:
-        word = args.page_size.strip().lower()
-        size: Any = word if word in ("auto", "largest") else parse_cli_size_kib(args.page_size)
+        size = parse_choice(args.page_size)
         cells = parse_nodeset(args.cells, limit=MAX_NODES, what="--cells") \
             if args.cells is not None else None
     except UnitError as exc:
@@ -81,8 +81,8 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
             raise InvalidInput(reason=f"{args.file}: {exc.strerror or exc}") from None
 
     host = read_host_info(ctx.root)
-    supply, supply_notes = read_supply(ctx) if size == "auto" else (None, [])
-    result = rewrite_xml(data, page_size_kib=size, host=host, cells=cells, memfd=args.memfd,
+    supply, supply_notes = read_supply(ctx) if size is Pick.AUTO else (None, [])
+    result = rewrite_xml(data, page_size=size, host=host, cells=cells, memfd=args.memfd,
                          drop_ondemand=args.drop_ondemand, source=source, supply=supply)
     result.notes[:0] = supply_notes
     if not args.json:

@@ -26,6 +26,7 @@ from lxml import etree
 from hugexml import qemuargs, qemurender
 from hugexml.errors import HugexmlError, UnsupportedPageSize
 from hugexml.model import HostInfo
+from hugexml.pagesize import Pick
 from hugexml.plan import plan_xml
 from hugexml.rewrite import rewrite_xml
 from hugexml.typed import fields
@@ -33,7 +34,7 @@ from hugexml.typed import fields
 NUMAD = "Advice from numad is needed"
 MEMFD_SIZE = ("hugexml refuses a memfd page size the kernel lacks, which domxml-to-native "
               "does not check (qemu refuses it at start)")
-REWRITE_SIZES: tuple[Any, ...] = (2048, 1048576, "auto")
+REWRITE_SIZES: tuple[Any, ...] = (2048, 1048576, Pick.AUTO)
 
 
 def pretend_env(mounts: dict[int, str], default_page_kib: Optional[int],
@@ -175,9 +176,9 @@ class Oracle:
             return []
         seen: set[bytes] = set()
         for size in REWRITE_SIZES:
-            label = size if size == "auto" else f"{size // 1024}M" if size < 1048576 else "1G"
+            label = "auto" if size is Pick.AUTO else f"{size // 1024}M" if size < 1048576 else "1G"
             try:
-                out = rewrite_xml(base, page_size_kib=size, host=self.host, source=name).data
+                out = rewrite_xml(base, page_size=size, host=self.host, source=name).data
             except HugexmlError as exc:
                 if exc.exit_code != 2:
                     kinds.append(f"rewrite {label}: exit {exc.exit_code}: {shape(str(exc))}")

@@ -26,6 +26,7 @@ from libvirt_bed import MOUNTS
 from test_differential import oracle  # noqa: F401  (the differential's module fixture)
 
 from hugexml.errors import HugexmlError
+from hugexml.pagesize import Pick
 from hugexml.refit import refit_for_host
 from hugexml.rewrite import rewrite_xml
 from hugexml.supply import HostSupply, PoolSupply
@@ -126,7 +127,7 @@ def test_libvirt_accepts_what_supply_aware_auto_and_the_refit_write(oracle):  # 
         base = strip_hugepages(xml)
         if base is not None:
             try:
-                outputs.append(("auto", rewrite_xml(base, page_size_kib="auto", host=oracle.host,
+                outputs.append(("auto", rewrite_xml(base, page_size=Pick.AUTO, host=oracle.host,
                                                     supply=supply, source=name).data))
             except HugexmlError as exc:
                 assert exc.exit_code == 2, (name, str(exc))
