@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -38,6 +39,41 @@ COMMANDS: dict[str, str] = {
     "apply": "apply",
     "qemu-args": "qemu_args",
 }
+
+
+# CPython ships no translation of argparse's own words, yet each of its gettext calls probes
+# the locale directories for one (about 2 ms per parser): its words are taken as they are.
+argparse._ = str  # type: ignore[attr-defined]
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter (argparse makes one per ``add_argument``) with the terminal
+    width read as ``shutil.get_terminal_size`` reads it, without importing shutil."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: Optional[int] = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         terminal_columns() - 2 if width is None else width)
+
+
+_columns: list[int] = []
+
+
+def terminal_columns() -> int:
+    """$COLUMNS, else the width of the terminal on stdout, else 80 (read once)."""
+    if _columns:
+        return _columns[0]
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    _columns.append(columns or 80)
+    return _columns[0]
 
 
 class Context(Typed, frozen=True):
@@ -75,7 +111,7 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
         prog="hugexml",
         description="Hugepages for KVM guests: plan, rewrite, allocate, check.",
         epilog="example: hugexml plan /etc/libvirt/qemu/vm1.xml --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     parser.add_argument("--root", metavar="DIR",
                         help="host root for sysfs/procfs (env HUGEXML_ROOT)")
@@ -98,7 +134,7 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
             help=module.HELP,
             description=module.HELP,
             epilog=getattr(module, "EPILOG", None),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=Formatter,
         )
         module.add_arguments(p)
         p.set_defaults(_module=module)

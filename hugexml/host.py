@@ -27,7 +27,7 @@ from hugexml.errors import HostError, InvalidInput
 from hugexml.lazyre import pattern
 from hugexml.root import HostRoot
 from hugexml.typed import Typed
-from hugexml.units import MAX_NODES
+from hugexml.units import MAX_NODES, ascii_uint, numbered
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,12 +48,8 @@ DROP_CACHES_LEVELS = (1, 2, 3)
 MAX_COUNTER = (1 << 64) - 1
 MAX_BUDDY_ORDERS = 64  # x86 has 11 (orders 0-10); more columns than this is not buddyinfo
 
-_SIZE_DIR = pattern(r"hugepages-([0-9]+)kB\Z")
-_NODE_DIR = pattern(r"node([0-9]+)\Z")
 _BUDDY_LINE = pattern(r"Node\s+([0-9]+),\s*zone\s+(\S+)((?:\s+[0-9]+)*)\s*\Z")
-_MEMINFO_LINE = pattern(r"(?:Node\s+[0-9]+\s+)?([A-Za-z0-9_()]+):\s+([0-9]+)(?:\s+kB)?\s*\Z")
 _THP_WORD = pattern(r"\[([a-z_+-]+)\]")
-_COUNTER = pattern(r"[0-9]{1,20}\Z")
 
 
 class NodePool(Typed, frozen=True):
@@ -124,11 +120,15 @@ def _check_size(size_kib: int) -> int:
     return size_kib
 
 
+_MEMINFO_KEY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_()")
+
+
 def _counter(text: str) -> int:
     """A kernel counter (unsigned long): ValueError for anything else."""
-    if not _COUNTER.match(text) or int(text) > MAX_COUNTER:
+    value = ascii_uint(text)
+    if value is None or value > MAX_COUNTER:
         raise ValueError(f"expected a count, read {text[:40]!r}")
-    return int(text)
+    return value
 
 
 def parse_meminfo(text: str) -> dict[str, int]:
@@ -137,13 +137,19 @@ def parse_meminfo(text: str) -> dict[str, int]:
     a value no kernel counter can hold is a ValueError."""
     out: dict[str, int] = {}
     for line in text.splitlines():
-        m = _MEMINFO_LINE.match(line.strip())
-        if m:
-            try:
-                out[m.group(1)] = _counter(m.group(2))
-            except ValueError:
-                raise ValueError(f"{m.group(1)}: value {m.group(2)[:40]!r} is out of "
-                                 "range") from None
+        words = line.split()
+        if len(words) > 2 and words[0] == "Node" and ascii_uint(words[1]) is not None:
+            del words[:2]
+        if not (len(words) == 2 or (len(words) == 3 and words[2] == "kB")):
+            continue
+        key, value = words[0][:-1], words[1]
+        if not (words[0].endswith(":") and _MEMINFO_KEY.issuperset(key) and key
+                and value.isascii() and value.isdigit()):
+            continue
+        try:
+            out[key] = _counter(value)
+        except ValueError:
+            raise ValueError(f"{key}: value {value[:40]!r} is out of range") from None
     return out
 
 
@@ -260,13 +266,15 @@ class HostGateway:
 
     # --- reading --------------------------------------------------------------------
     def nodes(self) -> tuple[int, ...]:
-        found = sorted(int(m.group(1)) for m in map(_NODE_DIR.match, self._listdir(NODE_BASE))
-                       if m)
+        found = sorted(node for node in (numbered(name, "node")
+                                         for name in self._listdir(NODE_BASE))
+                       if node is not None)
         return tuple(found) if found else (0,)
 
     def page_sizes_kib(self) -> tuple[int, ...]:
-        return tuple(sorted(int(m.group(1)) for m in map(_SIZE_DIR.match,
-                                                         self._listdir(GLOBAL_BASE)) if m))
+        return tuple(sorted(size for size in (numbered(name, "hugepages-", "kB")
+                                              for name in self._listdir(GLOBAL_BASE))
+                            if size is not None))
 
     def node_pool(self, node: int, size_kib: int) -> NodePool:
         missing = self._missing_pool(node, size_kib)
@@ -403,8 +411,7 @@ class HostGateway:
         rel = self._pool_rel(node, size_kib, "demote_size")
         if not self.numa or not os.path.exists(self.root.path(rel)):
             return None
-        m = _SIZE_DIR.match("hugepages-" + self._read(rel).strip())
-        return int(m.group(1)) if m else None
+        return numbered(self._read(rel).strip(), "", "kB")
 
     def demote(self, node: int, size_kib: int, count: int) -> int:
         """Split up to ``count`` free pages of the node's ``size_kib`` pool into pages of its

@@ -7,12 +7,9 @@ from __future__ import annotations
 import os
 
 from hugexml.errors import HostError
-from hugexml.lazyre import pattern
 from hugexml.model import HostInfo
 from hugexml.root import HostRoot
-
-_SIZE_DIR = pattern(r"hugepages-([0-9]+)kB\Z")
-_NODE_DIR = pattern(r"node([0-9]+)\Z")
+from hugexml.units import numbered
 
 
 def _listdir(path: str) -> list[str]:
@@ -39,21 +36,14 @@ def read_default_page_kib(root: HostRoot) -> int | None:
 
 
 def read_page_sizes_kib(root: HostRoot) -> tuple[int, ...]:
-    sizes = set()
-    for name in _listdir(root.path("sys/kernel/mm/hugepages")):
-        m = _SIZE_DIR.match(name)
-        if m:
-            sizes.add(int(m.group(1)))
-    return tuple(sorted(sizes))
+    sizes = {numbered(name, "hugepages-", "kB")
+             for name in _listdir(root.path("sys/kernel/mm/hugepages"))}
+    return tuple(sorted(size for size in sizes if size is not None))
 
 
 def read_nodes(root: HostRoot) -> tuple[int, ...]:
-    nodes = []
-    for name in _listdir(root.path("sys/devices/system/node")):
-        m = _NODE_DIR.match(name)
-        if m:
-            nodes.append(int(m.group(1)))
-    return tuple(sorted(nodes))
+    nodes = {numbered(name, "node") for name in _listdir(root.path("sys/devices/system/node"))}
+    return tuple(sorted(node for node in nodes if node is not None))
 
 
 def read_host_info(root: HostRoot) -> HostInfo:

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from hugexml.lazyre import pattern
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Optional
+
 MAX_BYTES = 2**64 - 1
 MAX_KIB = MAX_BYTES // 1024
 # The kernel's MAX_NUMNODES is at most 1 << CONFIG_NODES_SHIFT (10): node ids are < 1024.
@@ -20,6 +24,23 @@ _NUMBER = pattern(r"\s*\+?([0-9]{1,25})\s*\Z")
 # (int() refuses more than 4300)
 _DIGITS = pattern(r"\s*[0-9]{1,25}\s*\Z")
 _CLI_SIZE = pattern(r"\s*([0-9]{1,25})\s*([A-Za-z]*)\s*\Z")
+
+
+def ascii_uint(text: str, max_digits: int = 20) -> Optional[int]:
+    """``text`` as an unsigned integer when it is 1..``max_digits`` ASCII digits, else None
+    (no sign, no space: ``str.isdigit`` alone takes superscripts and Arabic-Indic digits)."""
+    if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+def numbered(name: str, prefix: str, suffix: str = "") -> Optional[int]:
+    """The number in a kernel name ``<prefix><digits><suffix>`` (``node3``,
+    ``hugepages-2048kB``), else None."""
+    if len(name) > len(prefix) + len(suffix) and name.startswith(prefix) \
+            and name.endswith(suffix):
+        return ascii_uint(name[len(prefix):len(name) - len(suffix)])
+    return None
 
 
 class UnitError(ValueError):

@@ -18,6 +18,7 @@ from hugexml.host import (
     NodePool,
     page_order,
     parse_buddyinfo,
+    parse_meminfo,
     predict_allocatable,
 )
 from hugexml.root import HostRoot
@@ -548,3 +549,23 @@ def test_a_node_write_lands_on_its_count_on_kernels_before_6_7(tmp_path, grow):
         fk.preset(3, 2048, 8)
     assert gw.set_node_nr(3, 2048, 4) == 4
     assert fk.pool(3, 2048).nr == 4 and tuple(fk.pool(1, 2048)) == (6, 0, 4)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("MemTotal:       16314108 kB\nMemFree:         1234 kB\n",
+     {"MemTotal": 16314108, "MemFree": 1234}),
+    ("Node 0 MemFree:  1024 kB\nNode 0 HugePages_Total:     4\n",
+     {"MemFree": 1024, "HugePages_Total": 4}),
+    ("Active(anon):   12 kB\nHugePages_Surp:        0\n", {"Active(anon)": 12,
+                                                           "HugePages_Surp": 0}),
+    # unreadable lines are skipped, not guessed at
+    ("MemFree 12 kB\nMemFree:12 kB\nMemFree: -1 kB\nMemFree: 12 MB\nMem-Free: 1\n: 5\n"
+     "MemFree: ٣ kB\nNode x MemFree: 3 kB\n\n", {}),
+])
+def test_parse_meminfo(text: str, expected: dict) -> None:
+    assert parse_meminfo(text) == expected
+
+
+def test_parse_meminfo_refuses_a_value_no_counter_holds() -> None:
+    with pytest.raises(ValueError, match=r"MemFree: value '1{20}"):
+        parse_meminfo("MemFree: " + "1" * 25 + " kB\n")

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hugexml import units
-from hugexml.units import UnitError
+from hugexml.units import UnitError, ascii_uint, numbered
 
 KI, MI, GI, TI, PI, EI = (1024**p for p in range(1, 7))
 
@@ -166,3 +166,25 @@ def test_random_nodesets_raise_only_unit_errors(text):
         assert "\n" not in str(exc)
         return
     assert nodes and all(0 <= n < units.MAX_NODES for n in nodes)
+
+
+# --- kernel names and counters (sysfs directory names, meminfo lines) -------------------
+@pytest.mark.parametrize("text, expected", [
+    ("0", 0), ("2048", 2048), ("18446744073709551615", 2**64 - 1), ("", None), ("-1", None),
+    ("+1", None), (" 1", None), ("1 ", None), ("²", None), ("١٢", None), ("1" * 21, None),
+    ("0x10", None),
+])
+def test_ascii_uint(text: str, expected: object) -> None:
+    assert ascii_uint(text) == expected
+
+
+@pytest.mark.parametrize("name, prefix, suffix, expected", [
+    ("node0", "node", "", 0), ("node12", "node", "", 12), ("node", "node", "", None),
+    ("nodeX", "node", "", None), ("node1 ", "node", "", None), ("possible", "node", "", None),
+    ("hugepages-2048kB", "hugepages-", "kB", 2048), ("hugepages-kB", "hugepages-", "kB", None),
+    ("hugepages-2048KB", "hugepages-", "kB", None), ("hugepages-1048576kB", "hugepages-", "kB",
+                                                     1048576),
+    ("2048kB", "", "kB", 2048), ("kB", "", "kB", None),
+])
+def test_numbered(name: str, prefix: str, suffix: str, expected: object) -> None:
+    assert numbered(name, prefix, suffix) == expected
