@@ -23,7 +23,6 @@ the margin check itself is still computed. The state dir is on tmpfs (/dev/shm),
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import fcntl
 import os
 import statistics
@@ -118,9 +117,9 @@ def measure(root: Any, io: Any, rounds: int) -> tuple[list[float], list[float]]:
     from hugexml.config import load_config
     from hugexml.host import HostGateway
     from hugexml.model import DemandItem, GuestId, Plan
+    from hugexml.typed import replace
 
-    config = dataclasses.replace(load_config("/nonexistent", False), margin_min_kib=0,
-                                 margin_percent=0)
+    config = replace(load_config("/nonexistent", False), margin_min_kib=0, margin_percent=0)
     plan = Plan(domain="bench", uuid=None, consumers=(),
                 demand=(DemandItem(page_size_kib=SIZE_KIB, host_nodes=(0,), pages=PAGES,
                                    policy="strict"),))

@@ -86,3 +86,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "corpus" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.corpus)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The benchmarks' tables from CI's smoke run (tests/test_bench_smoke.py): ratios only,
+    printed, never asserted."""
+    module = __import__("sys").modules.get("test_bench_smoke")
+    outputs = getattr(module, "OUTPUTS", None)
+    if outputs:
+        terminalreporter.section("bench smoke (one round each; ratios printed, not asserted)")
+        for name, text in sorted(outputs.items()):
+            terminalreporter.write_line(f"{name}:")
+            for line in text.splitlines():
+                terminalreporter.write_line(f"  {line}")
