@@ -12,9 +12,9 @@ from contextlib import contextmanager
 from hugexml import recovery
 from hugexml.errors import InvalidInput, NoSuchHostNode, UnsupportedPageSize
 from hugexml.fit import HostView, check_margin, error, releasable, spread
-from hugexml.ledger import State
 from hugexml.poolops import PoolOps
 from hugexml.records import Pool
+from hugexml.state import State
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
 if TYPE_CHECKING:  # pragma: no cover

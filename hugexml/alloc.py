@@ -17,7 +17,6 @@ from hugexml.admin import AdminOps
 from hugexml.demote import Relief, least_relief
 from hugexml.errors import GuestConflict, InsufficientPages, InvalidInput, MarginViolation
 from hugexml.fit import HostView, Placement, place
-from hugexml.ledger import State
 from hugexml.model import GuestId
 from hugexml.records import (
     DemandRow,
@@ -29,6 +28,7 @@ from hugexml.records import (
     normalize_uuid,
     pool_key,
 )
+from hugexml.state import State
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
 if TYPE_CHECKING:  # pragma: no cover

@@ -30,7 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from typing import Callable, Optional
 
     from hugexml.gateway import Gateway
-    from hugexml.ledger import State, Store
+    from hugexml.ledger import Store
+    from hugexml.state import State
 
 SPLIT_FROM = ("unreleased", "kept")  # hugexml's own, not a live guest's: owed pages first
 

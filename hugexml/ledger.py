@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from hugexml import records as rc
 from hugexml.errors import LedgerError, LockTimeout
 from hugexml.records import GuestRecord, Journal, Pool, RecordError
-from hugexml.typed import Typed, field
+from hugexml.state import State, due_time
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,35 +53,6 @@ MAX_GUEST_BYTES = 256 * 1024
 MAX_LEGACY_BYTES = 16 << 20
 MAX_GUESTS = 4096
 MAX_QUARANTINED = 64
-
-
-class State(Typed):
-    """Everything the store holds, as loaded, and what a commit must write.
-
-    ``notes``: what loading dropped or moved aside, one line each. ``dirty``: guest records
-    to write; ``removed``: guest records to delete; ``journal_dirty``: the journal must be
-    written. ``journal_lost``: there were guest records but no readable journal, so its
-    books are rebuilt from them and the kernel (``hugexml.recovery.begin``)."""
-
-    journal: Journal
-    guests: dict[str, GuestRecord]
-    notes: list[str] = field(default_factory=list)
-    dirty: set[str] = field(default_factory=set)
-    removed: set[str] = field(default_factory=set)
-    journal_dirty: bool = False
-    journal_lost: bool = False
-    legacy_path: Optional[str] = None  # a schema-1 ledger imported: moved aside on commit
-
-    def remove(self, key: str) -> Optional[GuestRecord]:
-        rec = self.guests.pop(key, None)
-        self.dirty.discard(key)
-        self.removed.add(key)
-        return rec
-
-    def put(self, rec: GuestRecord) -> None:
-        self.guests[rec.key] = rec
-        self.removed.discard(rec.key)
-        self.dirty.add(rec.key)
 
 
 def _read_bounded(path: str, limit: int) -> bytes:
@@ -212,10 +183,28 @@ class Store:
         if state.guests and not os.path.lexists(self.journal_path):
             state.journal_lost = state.journal_dirty = True
         if os.path.lexists(os.path.join(self.state_dir, LEGACY_FILE)):
-            from hugexml.migrate import import_legacy
-
-            import_legacy(self, state, known, repair)
+            self._import_legacy(state, known, repair)
         return state
+
+    def _import_legacy(self, state: State, known: Optional[set[Pool]], repair: bool) -> None:
+        """hugexml 0.1's ``ledger.json`` into this state (``hugexml.migrate``); stale next to
+        a schema-2 journal, set aside when unreadable."""
+        path = os.path.join(self.state_dir, LEGACY_FILE)
+        if os.path.lexists(self.journal_path) or state.guests:
+            self._set_aside(state, path, "schema-1 ledger next to a schema-2 journal: stale",
+                            repair)
+            return
+        try:
+            raw = _parse_json(_read_bounded(path, MAX_LEGACY_BYTES))
+            if not isinstance(raw, dict) or raw.get("version") != 1:
+                raise ValueError("not a schema-1 ledger")
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._set_aside(state, path, f"schema-1 ledger unreadable: {reason}", repair)
+            return
+        from hugexml.migrate import import_legacy
+
+        import_legacy(raw, state, known, path)
 
     def read(self, known: Optional[set[Pool]] = None) -> State:
         """The state for a reader that changes nothing: under a shared lock when one can be
@@ -347,8 +336,6 @@ class Store:
         self._write(self.guest_path(rec.key), blob, MAX_GUEST_BYTES)
 
     def _write_due(self, state: State) -> None:
-        from hugexml.recovery import due_time
-
         path = os.path.join(self.state_dir, DUE_FILE)
         due = due_time(state, self.clock())
         try:

@@ -9,8 +9,6 @@ is only moved aside.
 """
 from __future__ import annotations
 
-import os
-
 from hugexml import records as rc
 from hugexml.records import GuestRecord, Intent, KeptLot, Pool, RecordError
 
@@ -18,27 +16,14 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any, Optional
 
-    from hugexml.ledger import State, Store
+    from hugexml.state import State
 
 V1_BUCKETS = ("baseline", "admin", "unreleased")
 
 
-def import_legacy(store: Store, state: State, known: Optional[set[Pool]], repair: bool) -> None:
-    from hugexml.ledger import LEGACY_FILE, MAX_LEGACY_BYTES, _parse_json, _read_bounded
-
-    path = os.path.join(store.state_dir, LEGACY_FILE)
-    if os.path.lexists(store.journal_path) or state.guests:
-        store._set_aside(state, path, "schema-1 ledger next to a schema-2 journal: stale",
-                         repair)
-        return
-    try:
-        raw = _parse_json(_read_bounded(path, MAX_LEGACY_BYTES))
-        if not isinstance(raw, dict) or raw.get("version") != 1:
-            raise ValueError("not a schema-1 ledger")
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        store._set_aside(state, path, f"schema-1 ledger unreadable: {reason}", repair)
-        return
+def import_legacy(raw: dict[str, Any], state: State, known: Optional[set[Pool]],
+                  path: str) -> None:
+    """The schema-1 ledger ``raw`` (read from ``path`` by ``ledger.Store``) into ``state``."""
     notes: list[str] = []
     journal = state.journal
     for bucket in (*V1_BUCKETS, "kept"):

@@ -13,9 +13,9 @@ fresh file system's root inode), in ``<state_dir>/mounts.json``: libvirt learns 
 when its daemon starts, and hugexml.daemon compares the two times.
 
 What the running daemon can see (qemu.conf, daemon start times) is hugexml.daemon's;
-hugexml.mountunits persists mounts (systemd unit / fstab) and is imported lazily. This
-module imports only the standard library and hugexml's small shared modules: the hook
-loads it on prepare.
+hugexml.mountunits persists mounts (systemd unit / fstab); it imports this module, never the
+reverse. This module imports only the standard library and hugexml's small shared modules:
+the hook loads it on prepare.
 """
 from __future__ import annotations
 
@@ -327,14 +327,3 @@ def _rmdir_quietly(path: str) -> None:
         os.rmdir(path)
     except OSError:
         pass
-
-
-# --- boot-time persistence (hugexml.mountunits) -------------------------------------------
-def persist_unit(size_kib: int, path: str, unit_dir: str) -> str:
-    """Write the systemd .mount unit for ``path`` into ``unit_dir`` (see hugexml.mountunits)."""
-    from hugexml.mountunits import persist_unit as impl
-
-    return impl(size_kib, path, unit_dir)
-
-
-# --- what the hook calls (implemented in hugexml.daemon) ---------------------------------

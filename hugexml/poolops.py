@@ -20,8 +20,9 @@ from hugexml import recovery
 from hugexml.demote import Demoter
 from hugexml.errors import HugexmlError
 from hugexml.fit import HostView, Margin, releasable
-from hugexml.ledger import State, Store
+from hugexml.ledger import Store
 from hugexml.records import GuestRecord, Intent, IntentPool, Pool, pool_key
+from hugexml.state import State
 from hugexml.txn import PoolTxn, read_view
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms

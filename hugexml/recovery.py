@@ -5,7 +5,7 @@ another tool left: it resolves an intent by the kernel's counts, rebuilds lost b
 balances the journal's per-pool guest total against the guest records (pages no record
 claims any more are owed back; records claiming more than the journal knows are clamped),
 expires stale pending claims and ended keep windows. ``sync`` compares the books with the
-kernel. Every function works on a ``ledger.State`` and marks what it changed; the caller
+kernel. Every function works on a ``state.State`` and marks what it changed; the caller
 commits.
 
 Two rules hold throughout: a page hugexml cannot attribute to itself is never freed (it
@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from hugexml.config import Config
     from hugexml.gateway import Gateway
-    from hugexml.ledger import State
+    from hugexml.state import State
 
 
 def begin(gateway: Gateway, state: State, config: Config, now: float) -> dict[str, Any]:
@@ -268,20 +268,6 @@ def sync(gateway: Gateway, state: State) -> dict[str, Any]:
     if clamped:
         out["clamped"] = clamped
     return out
-
-
-OWED_RETRY_S = 60.0  # how soon a hook call tries again to give back pages that were busy
-
-
-def due_time(state: State, now: float) -> Optional[float]:
-    """When a hook call should next take the lock for due work (``ledger.DUE_FILE``): now
-    plus a minute while pages are owed back, the end of the soonest keep window; None when
-    nothing is due."""
-    times = [lot.until for book in state.journal.pools.values() for lot in book.kept
-             if lot.until is not None]
-    if any(book.unreleased for book in state.journal.pools.values()):
-        times.append(now + OWED_RETRY_S)
-    return min(times) if times else None
 
 
 def forget_idle_pools(state: State) -> None:

@@ -14,11 +14,16 @@ from hugexml.mounts import (
     list_mounts,
     mount_for,
     parse_pagesize_kib,
-    persist_unit,
     plan_mount,
     unmount,
 )
-from hugexml.mountunits import fstab_line, persist_fstab, render_unit, unit_name_for_path
+from hugexml.mountunits import (
+    fstab_line,
+    persist_fstab,
+    persist_unit,
+    render_unit,
+    unit_name_for_path,
+)
 from hugexml.root import HostRoot
 
 M2, G1 = 2048, 1048576

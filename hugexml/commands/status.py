@@ -48,8 +48,9 @@ def collect_status(ctx: Any) -> dict[str, Any]:
     from hugexml.commands._alloc import gateway
     from hugexml.errors import HugexmlError
     from hugexml.fit import resv_share
-    from hugexml.ledger import State, Store
+    from hugexml.ledger import Store
     from hugexml.records import Journal, pool_key
+    from hugexml.state import State
     from hugexml.txn import predicted_allocatable, read_view
 
     gw = gateway(ctx)
