@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import sys
+from hugexml.cli import run
 
-from hugexml.cli import main
-
-sys.exit(main())
+run()

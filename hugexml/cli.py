@@ -164,5 +164,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+def run() -> None:
+    """The ``hugexml`` command (and ``python -m hugexml``): ``main``, then the exit without
+    the interpreter's teardown, as the hook exits (finalising every module and object costs
+    ~3 ms, ~7 ms once lxml is loaded: a fifth of a ``rewrite``). Nothing is lost by it:
+    every file hugexml writes is written and closed (the state fsynced) before ``main``
+    returns, nothing registers atexit work, and stdout and stderr are flushed here. An
+    uncaught exception (a bug) still ends the normal way, with its traceback."""
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse: --help, --version, a usage error
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # the reader went away, or stdout was closed
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
