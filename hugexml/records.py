@@ -16,8 +16,6 @@ Pools are ``(node, size_kib)`` in memory and ``"node:size_kib"`` on disk; counts
 """
 from __future__ import annotations
 
-import math
-
 from hugexml.lazyre import pattern
 from hugexml.typed import Typed, field
 from hugexml.units import MAX_NODES
@@ -60,7 +58,8 @@ def _int(value: Any, where: str, high: int = MAX_PAGES) -> int:
 
 
 def _time(value: Any, where: str) -> float:
-    if type(value) not in (int, float) or not math.isfinite(value) or not 0 <= value <= MAX_TIME:
+    # NaN fails every comparison and infinity exceeds MAX_TIME: no math.isfinite needed
+    if type(value) not in (int, float) or not 0 <= value <= MAX_TIME:
         raise RecordError(f"{where}: {_show(value)} is not a time")
     return float(value)
 

@@ -64,6 +64,8 @@ def test_a_good_guest_record_round_trips():
     ({"updated": "soon"}, "'soon' is not a time"),
     ({"created": []}, "is not a time"),
     ({"created": float("nan")}, "is not a time"),
+    ({"created": float("inf")}, "is not a time"),
+    ({"created": float("-inf")}, "is not a time"),
     ({"updated": 1e300}, "is not a time"),
     ({"key": "other"}, "does not belong"),
     ({"key": None}, "not a guest record"),
