@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REAL_LOCK, _skip_or_fail, real_host_unavailable, snapshot_pools
+from realhost import REAL_LOCK, _skip_or_fail, real_host_unavailable, snapshot_pools
 
 REPO = Path(__file__).resolve().parents[1]
 RATIO = re.compile(r"\d+\.\d+x\b|= \d+\.\d+\b")  # "1.30x" or "... = 1.304"
