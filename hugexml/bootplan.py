@@ -173,9 +173,9 @@ def cma_suggestion(specs: Sequence[ReserveSpec], mem_total_kib: Mapping[int, int
            "sets that memory aside at boot as a CMA area that page cache and other movable "
            "memory use until 1G pages are taken from it, so runtime 1G allocation becomes "
            "reliable without pinning the memory while the guests are down. The kernel then "
-           "skips boot-time 1G pages: keep them in [boot] reserve (hugexml-reserve.service "
-           "takes them from the area early at boot) and off hugepages=. Needs CONFIG_CMA; "
-           "hugexml doctor explains the trade-off")
+           "skips boot-time 1G pages: leave them off hugepages= (the hook takes each guest's "
+           "from the area when it starts; [boot] reserve would pin them from boot on). Needs "
+           "CONFIG_CMA; hugexml doctor explains the trade-off")
     if cma_kernel is False:
         why += "; this kernel has no CONFIG_CMA (no CmaTotal in /proc/meminfo): it would ignore it"
     return {"param": f"hugetlb_cma={value}", "replaces": replaces, "why": why,

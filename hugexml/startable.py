@@ -83,18 +83,22 @@ class Supply(Typed):
                     if got.total < share:
                         return _short([node], size, share, got, size in self.nodes[node].exact)
                 continue
-            if item.policy == "preferred" and nodes:
+            preferred = item.policy == "preferred" and bool(nodes)
+            if preferred:
                 nodes = [nodes[0], *(n for n in have if n != nodes[0])]
-            got = trial._take(nodes, size, item.pages)
+            got = trial._take(nodes, size, item.pages, ordered=preferred)
             if got.total < item.pages:
                 return _short(nodes, size, item.pages, got,
                               any(size in self.nodes[n].exact for n in nodes))
         self.nodes = trial.nodes
         return None
 
-    def _take(self, nodes: list[int], size: int, pages: int) -> Got:
+    def _take(self, nodes: list[int], size: int, pages: int, ordered: bool = False) -> Got:
+        """Free pages first (the most available node first, or in order: preferred), then
+        splits, then growth (the roomiest node first, or in order)."""
         got = Got()
-        for node in sorted(nodes, key=lambda n: -self.nodes[n].avail.get(size, 0)):
+        for node in nodes if ordered else sorted(
+                nodes, key=lambda n: -self.nodes[n].avail.get(size, 0)):
             s = self.nodes[node]
             used = min(pages - got.total, s.avail.get(size, 0))
             s.avail[size] -= used
@@ -106,7 +110,7 @@ class Supply(Typed):
         for node in nodes:
             if got.total < pages and self.demote:
                 got.demote += self._split(node, size, pages - got.total)
-        for node in sorted(nodes, key=lambda n: -self.nodes[n].room_kib):
+        for node in nodes if ordered else sorted(nodes, key=lambda n: -self.nodes[n].room_kib):
             if got.total < pages:
                 got.kernel += self._grow(node, size, pages - got.total)
         return got

@@ -7,10 +7,12 @@ import os
 import re
 import subprocess
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 from autostartfix import autostart, domain
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hugexml import boot, grub
 from hugexml.errors import HostError, InvalidInput
@@ -732,3 +734,48 @@ def test_a_plan_from_the_guests_once_booted_is_what_doctor_checks(tmp_path, caps
     for item in ("node 0 2M: 512 of 512 (kernel command line)", "node 0 1G: 1 of 1 ([boot] "
                  "reserve)", "node 1 1G: 4 of 4 ([boot] reserve)"):
         assert item in check.message
+
+
+# Per section: lines that hugexml reads in it (comments, blanks and the section's own keys).
+_BODY = {
+    "allocation": ["margin_min = 2G\n", "demote = no  # inline\n"],
+    "boot": ["reserve = 2M:8@0\n", "RESERVE : 1G:1  # inline\n", "reserve =\n",
+             "reserve = 2M:8@0\n  2M:4@1\n", "#reserve =\n"],
+    "hook": ["log = stderr\n", "#log = syslog\n"],
+    "release": ["keep_for = 1G=1h\n"],
+}
+_ANY = ["# a comment\n", "; another\n", "\n", "   \n"]
+
+
+@st.composite
+def config_texts(draw: Any) -> list[str]:
+    """Valid hugexml.conf texts as lines: comments first, then sections in any order, each
+    once, with at most one [boot] reserve."""
+    lines = draw(st.lists(st.sampled_from(_ANY), max_size=3))
+    for section in draw(st.permutations(sorted(_BODY)))[:draw(st.integers(0, len(_BODY)))]:
+        lines.append(f"[{section}]\n")
+        body = draw(st.lists(st.sampled_from(_BODY[section] + _ANY), max_size=4))
+        keys = [b for b in body if not b.lstrip().startswith(("#", ";")) and b.strip()]
+        if len({b.split("=")[0].split(":")[0].strip().lower() for b in keys}) < len(keys):
+            continue                         # a key twice: not a file hugexml reads
+        lines += body
+    return "".join(lines).splitlines(keepends=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(config_texts())
+def test_set_key_keeps_every_other_line_in_order(lines):
+    """Whatever the file looks like, hugexml reads the new value back, and every line that
+    is not the key's own (or its continuation) is still there, in order."""
+    from hugexml.confedit import set_key
+    from hugexml.config import parse_config
+
+    text = "".join(lines)
+    parse_config(text)                       # the strategy makes only valid files
+    new = set_key(text, "boot", "reserve", V)
+    assert parse_config(new).boot_reserve == V
+    kept = iter(new.splitlines(keepends=True))
+    for line in lines:
+        if re.match(r"(?i)reserve\s*[=:]|\s+\S", line):
+            continue                         # the key's line and its continuation
+        assert any(line == other for other in kept), (text, new)

@@ -525,3 +525,59 @@ def test_hugetlb_cma_points_at_the_boot_plan_when_autostart_guests_need_1g(tmp_p
     assert check.status == OK and check.message.endswith(
         "the autostart guests need 2 x 1G: hugexml boot --from-guests says whether "
         "hugetlb_cma= would suit them")
+
+
+# --- the tally (pure) ------------------------------------------------------------------------
+def supply(**nodes: Any) -> Any:
+    """supply(n0=dict(avail={M2: 10}, room_kib=...), ...)."""
+    from hugexml.startable import NodeSupply, Supply
+
+    return Supply({int(k[1:]): NodeSupply(**v) for k, v in nodes.items()})
+
+
+def item(pages: int, size: int = M2, nodes: Any = None, policy: Any = None) -> Any:
+    from hugexml.model import DemandItem
+
+    return DemandItem(size, tuple(nodes) if nodes is not None else None, pages, policy)
+
+
+@pytest.mark.parametrize("nodes,items,short,left", [
+    # free pages first, then growth within the room
+    ({"n0": dict(avail={M2: 10}, room_kib=5 * M2)}, [item(15, nodes=(0,))], None,
+     {0: ({M2: 0}, 0)}),
+    ({"n0": dict(avail={M2: 10}, room_kib=5 * M2)}, [item(16, nodes=(0,))],
+     "node 0 2M: needs 16, has 15 (10 free, 5 the kernel can add within the margin)", None),
+    # preferred: its node first, then any other
+    ({"n0": dict(avail={M2: 4}), "n1": dict(avail={M2: 8})},
+     [item(6, nodes=(0,), policy="preferred")], None, {0: ({M2: 0}, 0), 1: ({M2: 6}, 0)}),
+    # strict on one node does not spill
+    ({"n0": dict(avail={M2: 4}), "n1": dict(avail={M2: 8})}, [item(6, nodes=(0,))],
+     "node 0 2M: needs 6, has 4 (4 free, 0 the kernel can add within the margin)", None),
+    # interleave: each node its share
+    ({"n0": dict(avail={M2: 4}), "n1": dict(avail={M2: 1})},
+     [item(4, nodes=(0, 1), policy="interleave")],
+     "node 1 2M: needs 2, has 1 (1 free, 0 the kernel can add within the margin)", None),
+    # 1G: never more than buddyinfo's exact count, however much room
+    ({"n0": dict(avail={G1: 0}, room_kib=8 * G1, exact={G1: 1})}, [item(2, G1, (0,))],
+     "node 0 1G: needs 2, has 1 (0 free, 1 the kernel can add within the margin); 1G pages "
+     "are counted only as buddyinfo shows free blocks of that size, never from MemFree", None),
+    # an owned 1G page split for 2M (demote): the rest of its 512 stays free
+    ({"n0": dict(avail={M2: 0, G1: 1}, owned={G1: 1}, demote_to={G1: M2})},
+     [item(100, nodes=(0,))], None, {0: ({M2: 412, G1: 0}, 0)}),
+    # ... never a page hugexml does not own (an admin's)
+    ({"n0": dict(avail={M2: 0, G1: 1}, demote_to={G1: M2})}, [item(100, nodes=(0,))],
+     "node 0 2M: needs 100, has 0 (0 free, 0 the kernel can add within the margin)", None),
+    # without the demote file, an owned page of another size is given back for room
+    ({"n0": dict(avail={M2: 0, G1: 1}, owned={G1: 1})}, [item(512, nodes=(0,))], None,
+     {0: ({M2: 0, G1: 0}, 0)}),
+])
+def test_the_tally_takes_pages_as_the_allocator_would(nodes, items, short, left):
+    s = supply(**nodes)
+    before = s.copy()
+    assert s.take(items) == short
+    if short is not None:
+        assert s == before                       # a guest that does not fit takes nothing
+    else:
+        for node, (avail, room) in left.items():
+            assert {k: s.nodes[node].avail[k] for k in avail} == avail
+            assert s.nodes[node].room_kib == room
