@@ -53,7 +53,8 @@ class Skipped(Typed, frozen=True):
     planned: bool = False   # False: not readable; True: read, but libvirt would refuse it
 
     def line(self) -> str:
-        return f"autostart/{printable(self.entry)}: {self.reason}"
+        """``autostart/NAME.xml: why``; the directory itself: ``why`` alone."""
+        return f"autostart/{printable(self.entry)}: {self.reason}" if self.entry else self.reason
 
 
 class Guest(Typed, frozen=True):

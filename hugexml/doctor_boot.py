@@ -170,6 +170,9 @@ def check_autostart(doctor: Doctor) -> list[Check]:
     from hugexml.mounts import list_mounts
 
     guests, skipped = doctor.autostart()
+    if any(not s.entry for s in skipped):
+        return [Check("autostart", WARN, f"{skipped[0].reason}: the autostart guests are not "
+                      "checked", "run hugexml doctor as root")]
     bad = [Check("autostart", FAIL if s.planned else WARN,
                  f"{s.line()}" + (": libvirt would not start it" if s.planned else
                                   ": libvirt cannot autostart it"),

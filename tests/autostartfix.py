@@ -4,8 +4,13 @@ to it (``virsh autostart``). Shared by tests/test_boot.py and tests/test_doctor.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Optional
+
+NUMAVM = str(Path(__file__).resolve().parent / "numavm")
+if NUMAVM not in sys.path:
+    sys.path.append(NUMAVM)  # vmkit.domain, the one domain builder of the tests
 
 M2, G1 = 2048, 1 << 20
 QEMU = "etc/libvirt/qemu"
@@ -14,21 +19,15 @@ QEMU = "etc/libvirt/qemu"
 def domain(name: str, mib: int, size_kib: int = M2, nodeset: Optional[str] = None,
            mode: str = "strict", memfd: bool = True,
            cells: tuple[tuple[int, int, str], ...] = ()) -> bytes:
-    """A KVM domain with hugepages of ``size_kib``; ``nodeset``/``mode``: <numatune><memory>;
-    ``cells``: (cell id, MiB, host nodeset) guest cells, each bound strictly."""
-    numa = "".join(f"<cell id='{c}' cpus='{c}' memory='{m}' unit='MiB'/>" for c, m, _ in cells)
-    cpu = f"<cpu><numa>{numa}</numa></cpu>" if cells else ""
-    tune = ""
-    if nodeset is not None or cells:
-        mem = f"<memory mode='{mode}' nodeset='{nodeset}'/>" if nodeset is not None else ""
-        tune = "<numatune>" + mem + "".join(
-            f"<memnode cellid='{c}' mode='strict' nodeset='{ns}'/>" for c, _, ns in cells
-        ) + "</numatune>"
-    source = "<source type='memfd'/>" if memfd else ""
-    return (f"<domain type='kvm'><name>{name}</name><memory unit='MiB'>{mib}</memory>"
-            f"<vcpu>{max(1, len(cells))}</vcpu><memoryBacking><hugepages><page "
-            f"size='{size_kib}' unit='KiB'/></hugepages>{source}</memoryBacking>{tune}{cpu}"
-            "<os><type arch='x86_64' machine='pc'>hvm</type></os></domain>").encode()
+    """A KVM domain with hugepages of ``size_kib`` (tests/numavm/vmkit.py's, as bytes);
+    ``nodeset``/``mode``: <numatune><memory>; ``cells``: (cell id, MiB, host nodeset) guest
+    cells, each bound strictly."""
+    from vmkit import domain as vm_domain
+
+    return vm_domain(name, mib, size_kib, mode=mode, nodeset=nodeset,
+                     cells=tuple((c, m) for c, m, _ in cells),
+                     memnodes=tuple((c, "strict", ns) for c, _, ns in cells),
+                     memfd=memfd).encode()
 
 
 def autostart(base: Path, name: str, xml: Optional[bytes],

@@ -779,3 +779,25 @@ def test_set_key_keeps_every_other_line_in_order(lines):
         if re.match(r"(?i)reserve\s*[=:]|\s+\S", line):
             continue                         # the key's line and its continuation
         assert any(line == other for other in kept), (text, new)
+
+
+def test_from_guests_an_unreadable_autostart_directory_is_an_error(tmp_path, capsys):
+    from hugexml.errors import HostError
+
+    base = guests_root(tmp_path)
+    (base / "etc/libvirt/qemu/autostart").rmdir()
+    (base / "etc/libvirt/qemu/autostart").write_text("not a directory")
+    with pytest.raises(HostError, match=r"^/etc/libvirt/qemu/autostart: Not a directory$"):
+        run_command(["--from-guests"], HostRoot(str(base)), None, str(base / "s"))
+
+
+def test_from_guests_says_which_boot_reserve_it_replaces(tmp_path, capsys):
+    base = guests_root(tmp_path)
+    autostart(base, "db", domain("db", 1024, M2, "1"))
+    conf = tmp_path / "hugexml.conf"
+    conf.write_text("[boot]\nreserve = 2M:64@0\n")
+    out = from_guests(base, config=conf, capsys=capsys)
+    assert f"[boot] reserve is '2M:64@0' in {conf} now: --apply replaces it" in "\n".join(
+        out["notes"])
+    conf.write_text("[boot]\nreserve = 2M:512@1\n")
+    assert not any("replaces" in n for n in from_guests(base, config=conf, capsys=capsys)["notes"])

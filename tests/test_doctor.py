@@ -581,3 +581,11 @@ def test_the_tally_takes_pages_as_the_allocator_would(nodes, items, short, left)
         for node, (avail, room) in left.items():
             assert {k: s.nodes[node].avail[k] for k in avail} == avail
             assert s.nodes[node].room_kib == room
+
+
+def test_autostart_when_the_directory_cannot_be_read(tmp_path):
+    h = AutostartHost(tmp_path)
+    (h.base / "etc/libvirt/qemu/autostart").rmdir()
+    (h.base / "etc/libvirt/qemu/autostart").write_text("")
+    assert h.lines() == [(WARN, "/etc/libvirt/qemu/autostart: Not a directory: the autostart "
+                                "guests are not checked")]

@@ -164,13 +164,16 @@ def _from_guests(args: argparse.Namespace, ctx: Any) -> int:
     from hugexml import boot, bootplan
     from hugexml.autostart import plan_autostart
     from hugexml.commands._alloc import load
-    from hugexml.errors import printable
+    from hugexml.errors import HostError, printable
     from hugexml.fit import Margin
     from hugexml.hostinfo import read_host_info
 
     config = load(ctx)
     host = read_host_info(ctx.root)
     guests, skipped = plan_autostart(ctx.root, host)
+    if any(not s.entry for s in skipped):  # the directory itself: no plan at all
+        raise HostError(path=skipped[0].reason.split(": ", 1)[0],
+                        reason=skipped[0].reason.split(": ", 1)[-1])
     totals = boot.mem_totals(ctx.root, host.nodes)
     margin = Margin(int(config.margin_min_kib), float(config.margin_percent))
     plan = bootplan.plan_boot([g.plan for g in guests], totals, host.page_sizes_kib, margin)
@@ -194,6 +197,10 @@ def _from_guests(args: argparse.Namespace, ctx: Any) -> int:
                     "reserve": " ".join(map(str, g.specs(per_node)))} for g in plan.guests],
         "skipped": [s.line() for s in skipped], "notes": notes,
         "hugetlb_cma": _cma(ctx, specs, totals)}
+    if config.boot_reserve and config.boot_reserve != reserve:
+        out["notes"].append(f"[boot] reserve is '{config.boot_reserve}' in {ctx.config_path} "
+                            "now: --apply replaces it with the guests' (pages for anything but "
+                            "the autostart guests are not planned here)")
     out["notes"] += [f"guest '{printable(g.name)}' has no <numatune>: its pages are spread "
                      "over the nodes with the most room above their floor, as runtime growth "
                      "spreads them (bind it with <numatune> to choose)"
