@@ -4,18 +4,18 @@
 - ``boot-reserve``: every node and size has what the boot-time reservation asks
   (``[boot] reserve`` and the kernel command line's ``hugepages=``);
 - ``autostart``: every autostart guest (``hugexml.autostart``: the domain files, no libvirt
-  call) would start now: its pages can be had on its nodes (``hugexml.startable``: free,
-  kept, split from kept larger pages, what the kernel can add within the margin, 1G only
-  from buddyinfo's exact prediction), one after the other in name order, and each
-  file-backed size has a hugetlbfs mount the daemon sees (``daemon.mount_problem``, as
-  the hook's prepare checks). One line per guest that would not start;
+  call) would start now: its pages can be had on its nodes (``hugexml.supply``, as ``auto``
+  judges them: free, kept, what the kernel can add within the margin, 1G only from
+  buddyinfo's exact prediction; plus free larger pages hugexml owns that the allocator would
+  split), one after the other in name order, and each file-backed size has a hugetlbfs
+  mount the daemon sees (``daemon.mount_problem``, as the hook's prepare checks). One line
+  per guest that would not start;
 - ``hugetlb-cma``: whether a CMA area for 1G pages (``hugetlb_cma=``) is active, and its
   trade-off; it informs, it never warns unless an asked-for area did not come.
 """
 from __future__ import annotations
 
 from hugexml.doctor import FAIL, OK, SKIP, WARN, Check
-from hugexml.errors import HugexmlError
 from hugexml.units import format_kib
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
@@ -23,7 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from typing import Any, Optional
 
     from hugexml.doctor import Doctor
-    from hugexml.startable import Supply
 
 G1 = 1 << 20
 CMA_TRADE_OFF = (
@@ -105,69 +104,21 @@ def check_boot_reserve(doctor: Doctor) -> Check:
 
 
 # --- autostart guests ------------------------------------------------------------------
-def read_supply(doctor: Doctor, sizes_kib: Any) -> Supply:
-    """What each node could give a start now (see hugexml.startable), read through the
-    gateway and the state store (read-only)."""
-    from hugexml.fit import Margin, available, floor_kib
-    from hugexml.ledger import Store
-    from hugexml.startable import NodeSupply, Supply
-    from hugexml.txn import predicted_allocatable, read_view
-
-    gw = doctor.gateway()
-    config = doctor.config()
-    sizes = sorted(set(sizes_kib) | set(gw.page_sizes_kib()))
-    view = read_view(gw, sizes)
-    state = Store(doctor.state_dir, boot_id=gw.boot_id()).read(set(view.pools))
-    for rec in state.guests.values():
-        if rec.state == "pending":
-            for pool, pages in rec.claimed.items():
-                if pool in view.pools:
-                    view.claims[pool] = view.claims.get(pool, 0) + pages
-    margin = Margin(int(config.margin_min_kib), float(config.margin_percent))
-    try:
-        buddy = gw.buddyinfo()
-    except HugexmlError:
-        buddy = {}
-    supply = Supply({}, demote=config.demote)
-    for node in view.nodes:
-        s = NodeSupply(room_kib=max(0, view.mem_free_kib.get(node, 0)
-                                    - floor_kib(view, node, margin)))
-        for size in sizes:
-            if (node, size) not in view.pools:
-                continue
-            s.avail[size] = available(view, node, size)
-            book = state.journal.pools.get((node, size))
-            if book is not None:
-                s.kept[size] = min(book.kept_pages, s.avail[size])
-                s.owned[size] = min(book.kept_pages + book.unreleased, s.avail[size])
-            if _above_buddy(buddy.get(node, {}), size):
-                pages, seen = predicted_allocatable(gw, node, size, buddy)
-                s.exact[size] = pages if seen else 0   # never the MemFree upper bound
-            small = gw.demote_size(node, size)
-            if small is not None:
-                s.demote_to[size] = small
-        supply.nodes[node] = s
-    return supply
-
-
-def _above_buddy(zones: dict[str, list[int]], size_kib: int) -> bool:
-    """The page is larger than the buddy allocator's largest block (1G on x86: 4M blocks),
-    so only a compaction could make one; without buddyinfo, gigantic sizes are."""
-    from hugexml.host import page_order
-
-    orders = [len(o) for zone, o in zones.items() if zone != "DMA"]
-    try:
-        return page_order(size_kib) >= max(orders) if orders else size_kib >= G1
-    except ValueError:
-        return size_kib >= G1
-
-
 def check_autostart(doctor: Doctor) -> list[Check]:
-    """One line per autostart guest that would not start now; ok otherwise."""
+    """One line per autostart guest that would not start now; ok otherwise. The pages are
+    judged as ``rewrite --page-size auto`` judges them (``hugexml.supply``: free pages nobody
+    reserved or is promised, kept pages, what buddyinfo says the kernel can add within the
+    margin, never the 1G MemFree bound), plus what the allocator would split from free
+    larger pages hugexml owns (``take``); one tally for all, in name order: a guest that
+    would start takes its pages from it."""
+    import copy
+
     from hugexml.autostart import running
     from hugexml.daemon import mount_problem
+    from hugexml.fit import Margin
     from hugexml.ledger import Store
     from hugexml.mounts import list_mounts
+    from hugexml.supply import Tally, read_supply
 
     guests, skipped = doctor.autostart()
     if any(not s.entry for s in skipped):
@@ -183,12 +134,20 @@ def check_autostart(doctor: Doctor) -> list[Check]:
         return bad or [Check("autostart", OK, f"{len(guests)} autostart domain(s), none asks "
                              "for hugepages" if guests else "no autostart domains "
                              f"({doctor.root.path('etc/libvirt/qemu/autostart')})")]
-    records = Store(doctor.state_dir, boot_id=doctor.gateway().boot_id()).read().guests
-    claimed = {rec.name for rec in records.values()}
-    sizes = {d.page_size_kib for g in huge for d in g.plan.demand}
-    supply = read_supply(doctor, sizes)
+    gw, config = doctor.gateway(), doctor.config()
+    state = Store(doctor.state_dir, boot_id=gw.boot_id()).read()
+    claimed = {rec.name for rec in state.guests.values()}
+    margin = Margin(int(config.margin_min_kib), float(config.margin_percent))
+    supply = read_supply(gw, doctor.state_dir, margin)
+    tally = Tally(supply)
+    owned = {pool: min(book.kept_pages + book.unreleased,  # free, unreserved, unpromised
+                       supply.pools[pool].free + supply.pools[pool].kept)
+             for pool, book in state.journal.pools.items()
+             if config.demote and pool in supply.pools}
     mounts = list_mounts(doctor.root)
-    ok, busy = [], []
+    ok: list[str] = []
+    busy: list[str] = []
+    split: list[str] = []
     for guest in sorted(huge, key=lambda g: g.plan.domain):
         name = guest.plan.domain
         if name in claimed or running(doctor.root, name):
@@ -197,21 +156,62 @@ def check_autostart(doctor: Doctor) -> list[Check]:
         why = [mount_problem(doctor.root, doctor.state_dir, size, mounts=mounts,
                              daemons=doctor.daemons, memfd_hint=False)
                for size in guest.plan.file_backed_sizes_kib]
-        short = supply.take([d for d in guest.plan.demand if d.pages > 0])
+        trial, trial_owned, trial_split = copy.deepcopy(tally), dict(owned), list(split)
+        short = None
+        for size in sorted({d.page_size_kib for d in guest.plan.demand if d.pages > 0},
+                           reverse=True):
+            problem = take(trial, guest.plan, size, gw, trial_owned, trial_split)
+            if problem and ok:  # the tally is shared: say who else counted pages
+                problem = problem.replace("for this guest's other memory", "for the "
+                                          "guests before it or this guest's other memory")
+            short = short or problem
         problems = [p for p in [short, *why] if p]
         if problems:
             bad.append(Check("autostart", FAIL, f"guest '{name}' would not start now: "
                              + "; ".join(problems), _fix(short, why)))
         else:
+            tally, owned, split = trial, trial_owned, trial_split
             ok.append(name)
     if bad:
         return bad
     parts = [f"{len(ok)} autostart guest(s) with hugepages would start now"
              + (f" ({', '.join(ok[:4])}{' ...' if len(ok) > 4 else ''})" if ok else "")]
+    if split:
+        parts.append("with " + ", ".join(split) + " split by demote")
     if busy:
         parts.append(f"running or starting: {', '.join(busy[:4])}"
                      + (" ..." if len(busy) > 4 else ""))
     return [Check("autostart", OK, "; ".join(parts))]
+
+
+def take(tally: Any, plan: Any, size_kib: int, gw: Any, owned: dict[tuple[int, int], int],
+         split: list[str]) -> Optional[str]:
+    """Take a guest's pages of one size from the tally; None when it fits, else the
+    shortfall. A shortfall that free larger pages hugexml owns on those nodes cover (the
+    allocator splits them with the demote file) fits: the pages split leave the tally."""
+    from hugexml.supply import Need
+
+    needs = [Need("", d.pages * size_kib, d.host_nodes, d.policy)
+             for d in plan.demand if d.page_size_kib == size_kib and d.pages > 0]
+    short = tally.take(needs, size_kib)
+    if short is None:
+        return None
+    missing = short.needed - short.got
+    found: list[tuple[int, int, int]] = []
+    for node in short.nodes:
+        for big in sorted(s for (n, s) in owned if n == node and s > size_kib):
+            if missing > 0 and owned[(node, big)] > 0 and gw.demote_size(node, big) == size_kib:
+                k = min(owned[(node, big)], -(-missing // (big // size_kib)))
+                found.append((node, big, k))
+                missing -= k * (big // size_kib)
+    if missing > 0:
+        return str(short)
+    tally.force(needs, size_kib)                 # what the nodes have, the rest split
+    for node, big, k in found:
+        tally.force([Need("demote", k * big, (node,), "strict")], big)
+        owned[(node, big)] -= k
+        split.append(f"{k} x {format_kib(big)} on node {node}")
+    return None
 
 
 def _fix(short: Optional[str], mount_lines: list[Optional[str]]) -> str:
