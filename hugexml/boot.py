@@ -13,7 +13,7 @@ Documentation/admin-guide/mm/hugetlbpage.rst):
 Gigantic (1G) pages are reliable only from the command line: at runtime memory fragments.
 
 ``--apply`` edits the boot entries with grubby where it exists; otherwise it prints the exact
-edit of /etc/default/grub and the command that regenerates grub.cfg (never written here).
+edit of /etc/default/grub and the command that regenerates grub.cfg (``hugexml.grub``).
 ``--apply-runtime`` is what hugexml-reserve.service runs early at boot: [boot] reserve of
 hugexml.conf through the allocator's admin path, per node: each item is the pool size to
 reach (pages already there, from the command line or sysctl, count), never shrunk, so it is
@@ -21,19 +21,18 @@ idempotent.
 """
 from __future__ import annotations
 
-import os
 import re
-import shlex
-import shutil
-import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
 
 from hugexml.errors import HostError, InvalidInput
 from hugexml.hostinfo import read_default_page_kib, read_nodes, read_page_sizes_kib
 from hugexml.root import HostRoot
+from hugexml.typed import Typed
 from hugexml.units import MAX_NODES, UnitError, format_kib, parse_cli_size_kib
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, Optional
 
 HUGETLB_KEYS = ("default_hugepagesz", "hugepagesz", "hugepages")
 NODE_FORMAT_KERNEL = (5, 16)
@@ -42,8 +41,7 @@ SYSCTL_FILE = "etc/sysctl.d/80-hugexml.conf"
 _SPEC = re.compile(r"\s*([^:@\s]+)\s*:\s*([0-9]{1,12})\s*(?:@\s*([0-9]{1,5}))?\s*\Z")
 
 
-@dataclass(frozen=True)
-class ReserveSpec:
+class ReserveSpec(Typed, frozen=True):
     size_kib: int
     count: int
     node: Optional[int] = None
@@ -159,7 +157,7 @@ def merged_cmdline(current: str, params: Sequence[str]) -> str:
 
 
 # --- checks against the host --------------------------------------------------------------
-def _kernel_version(root: HostRoot) -> Optional[tuple[int, int]]:
+def kernel_version(root: HostRoot) -> Optional[tuple[int, int]]:
     try:
         with open(root.path("proc/sys/kernel/osrelease"), encoding="ascii") as fh:
             m = re.match(r"(\d+)\.(\d+)", fh.read(64))
@@ -168,7 +166,8 @@ def _kernel_version(root: HostRoot) -> Optional[tuple[int, int]]:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def _meminfo_kib(path: str, key: str) -> Optional[int]:
+def meminfo_kib(path: str, key: str) -> Optional[int]:
+    """``key``'s value in a meminfo file (``proc/meminfo`` or a node's), None when absent."""
     try:
         with open(path, encoding="ascii", errors="replace") as fh:
             for line in fh:
@@ -181,8 +180,11 @@ def _meminfo_kib(path: str, key: str) -> Optional[int]:
 
 
 def check_host(root: HostRoot, specs: Sequence[ReserveSpec], default_kib: Optional[int],
-               margin_min_kib: int = 1 << 20, margin_percent: int = 5) -> list[str]:
-    """Refuses what the host cannot boot with (InvalidInput); returns warnings."""
+               margin_min_kib: int = 1 << 20, margin_percent: float = 5,
+               service_hint: bool = True) -> list[str]:
+    """Refuses what the host cannot boot with (InvalidInput); returns warnings.
+    ``service_hint``: say to put per-node 1G items in [boot] reserve too (``--from-guests``
+    does that itself)."""
     notes = []
     sizes = read_page_sizes_kib(root)
     cpu_1g = _has_pdpe1gb(root)
@@ -200,12 +202,12 @@ def check_host(root: HostRoot, specs: Sequence[ReserveSpec], default_kib: Option
         if nodes and spec.node not in nodes:
             raise InvalidInput(reason=f"reservation {spec}: node {spec.node} does not exist "
                                       f"(nodes: {', '.join(map(str, nodes))})")
-    version = _kernel_version(root)
+    version = kernel_version(root)
     if per_node and version is not None and version < NODE_FORMAT_KERNEL:
         raise InvalidInput(reason=f"the per-node form hugepages=N:COUNT needs Linux 5.16 or "
                                   f"later (this is {version[0]}.{version[1]}): put the "
                                   "reservation in [boot] reserve for hugexml-reserve.service")
-    total_kib = _meminfo_kib(root.path("proc/meminfo"), "MemTotal")
+    total_kib = meminfo_kib(root.path("proc/meminfo"), "MemTotal")
     want: dict[Optional[int], int] = {}
     for spec in specs:
         want[spec.node] = want.get(spec.node, 0) + spec.count * spec.size_kib
@@ -213,30 +215,69 @@ def check_host(root: HostRoot, specs: Sequence[ReserveSpec], default_kib: Option
         if node is None:
             mem, where = total_kib, "the host"
         else:
-            mem = _meminfo_kib(root.path(f"sys/devices/system/node/node{node}/meminfo"), "MemTotal")
+            mem = meminfo_kib(root.path(f"sys/devices/system/node/node{node}/meminfo"), "MemTotal")
             where = f"node {node}"
         if mem is None:
             continue
-        floor = max(margin_min_kib, mem * margin_percent // 100)
+        floor = max(margin_min_kib, int(mem * margin_percent / 100))
         if kib > mem - floor:
             raise InvalidInput(reason=f"reserving {human_kib(kib)} on {where} would leave less "
                                       f"than {human_kib(floor)} of its {human_kib(mem)} "
                                       "for the host: the boot would run out of memory")
     all_nodes = sum(kib for n, kib in want.items() if n is not None)
     if all_nodes and total_kib:
-        if all_nodes > total_kib - max(margin_min_kib, total_kib * margin_percent // 100):
+        if all_nodes > total_kib - max(margin_min_kib, int(total_kib * margin_percent / 100)):
             raise InvalidInput(reason="the per-node reservations together leave too little "
                                       "memory for the host")
     if any(s.size_kib == 1 << 20 and s.count for s in specs):
         notes.append("1G pages: the kernel takes them from memblock before anything fragments "
                      "memory; a smaller runtime reservation would likely fail")
     notes += gigantic_per_node_notes(root, [s for s in per_node if s.size_kib >= 1 << 20
-                                            and s.count], nodes)
+                                            and s.count], nodes, service_hint)
     return notes
 
 
+def spare_pages(total_kib: int, size_kib: int, first: bool) -> int:
+    """Pages of a gigantic size a node of ``total_kib`` can hold at boot on its own: its
+    whole GiBs less the top one (its own NODE_DATA, struct pages), and on the first node
+    the lowest one too (the kernel image, the initrd). See gigantic_per_node_notes."""
+    return max(0, total_kib // size_kib - (2 if first else 1))
+
+
+def node_total_kib(root: HostRoot, node: int) -> Optional[int]:
+    return meminfo_kib(root.path(f"sys/devices/system/node/node{node}/meminfo"), "MemTotal")
+
+
+def mem_totals(root: HostRoot, nodes: Sequence[int]) -> dict[int, int]:
+    """MemTotal per node (a host without NUMA sysfs: /proc/meminfo's, as node 0)."""
+    out = {}
+    for node in nodes:
+        total = node_total_kib(root, node)
+        if total is None and len(nodes) == 1:
+            total = meminfo_kib(root.path("proc/meminfo"), "MemTotal")
+        if total is None:
+            raise HostError(path=root.path(f"sys/devices/system/node/node{node}/meminfo"),
+                            reason=f"no MemTotal for node {node}")
+        out[node] = total
+    return out
+
+
+def cmdline_default_kib(root: HostRoot) -> Optional[int]:
+    """The ``default_hugepagesz=`` of the running kernel's command line, if any."""
+    try:
+        with open(root.path("proc/cmdline"), encoding="utf-8", errors="replace") as fh:
+            tokens = fh.read(64 * 1024).split()
+    except OSError:
+        return None
+    asked = [t.split("=", 1)[1] for t in tokens if t.startswith("default_hugepagesz=")]
+    try:
+        return parse_cli_size_kib(asked[-1]) if asked else None
+    except UnitError:
+        return None
+
+
 def gigantic_per_node_notes(root: HostRoot, specs: Sequence[ReserveSpec],
-                            nodes: Sequence[int]) -> list[str]:
+                            nodes: Sequence[int], service_hint: bool = True) -> list[str]:
     """The per-node form for 1G pages is honoured only where the node has a free, aligned
     GiB for each page at boot. Linux's boot allocator (mm/hugetlb.c
     __alloc_bootmem_huge_page) takes a page the node cannot hold from another node with
@@ -249,15 +290,15 @@ def gigantic_per_node_notes(root: HostRoot, specs: Sequence[ReserveSpec],
     notes = []
     first = min(nodes) if nodes else 0
     for spec in specs:
-        total = _meminfo_kib(root.path(f"sys/devices/system/node/node{spec.node}/meminfo"),
-                             "MemTotal")
+        total = node_total_kib(root, spec.node or 0)
         if total is None:
             continue
-        spare = total // spec.size_kib - (2 if spec.node == first else 1)
-        if spec.count > spare:
+        if spec.count > spare_pages(total, spec.size_kib, spec.node == first):
             notes.append(f"{spec}: node {spec.node} has {total // spec.size_kib} whole "
                          f"{format_kib(spec.size_kib)} of memory; the kernel may place some of "
                          "these pages on other nodes at boot (its own data takes a GiB)")
+    if not service_hint:
+        return notes
     items = " ".join(str(s) for s in specs)
     notes.append(f"per-node 1G pages: a node that cannot hold them at boot gets them placed "
                  f"on other nodes, silently (Linux 6.1); also set [boot] reserve = {items} "
@@ -282,74 +323,6 @@ def _has_pdpe1gb(root: HostRoot) -> Optional[bool]:
     except OSError:
         return None
     return None
-
-
-# --- applying: grubby or /etc/default/grub -----------------------------------------------
-Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
-
-
-def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=120)
-
-
-def grubby_commands(params: Sequence[str], info_output: str) -> list[list[str]]:
-    """Remove every hugetlb parameter the boot entries carry, then add ours in order."""
-    existing: list[str] = []
-    for m in re.finditer(r'^args="?([^"\n]*)"?\s*$', info_output, re.M):
-        for token in m.group(1).split():
-            if token.split("=", 1)[0] in HUGETLB_KEYS and token not in existing:
-                existing.append(token)
-    cmds = []
-    if existing:
-        cmds.append(["grubby", "--update-kernel=ALL", f"--remove-args={' '.join(existing)}"])
-    cmds.append(["grubby", "--update-kernel=ALL", f"--args={' '.join(params)}"])
-    return cmds
-
-
-def apply_grubby(params: Sequence[str], runner: Runner = _run) -> list[str]:
-    info = runner(["grubby", "--info=ALL"])
-    if info.returncode != 0:
-        raise HostError(path="grubby", reason=f"--info=ALL failed: {info.stderr.strip()[:200]}")
-    done = []
-    for argv in grubby_commands(params, info.stdout):
-        result = runner(argv)
-        if result.returncode != 0:
-            raise HostError(path="grubby", reason=f"{shlex.join(argv[1:])} failed: "
-                                                  f"{result.stderr.strip()[:200]}")
-        done.append(shlex.join(argv))
-    return done
-
-
-def grub_default_edit(root: HostRoot, params: Sequence[str],
-                      which: Callable[[str], Optional[str]] = shutil.which) -> dict[str, Any]:
-    """The exact /etc/default/grub edit and the regenerate command (nothing is written)."""
-    path = root.path("etc/default/grub")
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-            lines = fh.read().splitlines()
-    except FileNotFoundError:
-        lines = []
-    except OSError as exc:
-        raise HostError(path=path, reason=exc.strerror or str(exc)) from exc
-    old = None
-    current = ""
-    for line in lines:
-        m = re.match(r"\s*GRUB_CMDLINE_LINUX=(.*)$", line)
-        if m:
-            old = line
-            try:
-                parts = shlex.split(m.group(1))
-            except ValueError as exc:
-                raise HostError(path=path, reason=f"cannot read GRUB_CMDLINE_LINUX: {exc}") from exc
-            current = " ".join(parts)
-    new = f'GRUB_CMDLINE_LINUX="{merged_cmdline(current, params)}"'
-    if which("update-grub"):
-        regen = "update-grub"
-    elif which("grub2-mkconfig") or os.path.isdir(root.path("boot/grub2")):
-        regen = "grub2-mkconfig -o /boot/grub2/grub.cfg"
-    else:
-        regen = "grub-mkconfig -o /boot/grub/grub.cfg"
-    return {"file": "/etc/default/grub", "old": old, "new": new, "regenerate": regen}
 
 
 # --- sysctl.d ---------------------------------------------------------------------------

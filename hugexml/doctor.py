@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
 
 from hugexml.errors import HugexmlError
 from hugexml.root import HostRoot
+from hugexml.typed import Typed
 from hugexml.units import format_kib
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, Optional, Union
+
+    from hugexml.autostart import Guest, Skipped
+    from hugexml.config import Config
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 G1 = 1 << 20
 HOOKS = ("etc/libvirt/hooks/qemu.d/hugexml", "etc/libvirt/hooks/qemu")
 
 
-@dataclass(frozen=True)
-class Check:
+class Check(Typed, frozen=True):
     name: str
     status: str
     message: str
@@ -61,6 +66,7 @@ class Doctor:
         self.config_path, self.config_explicit = config_path, config_explicit
         self.needs: dict[int, set[str]] = {}        # page size -> guests that need it
         self.file_needs: dict[int, set[str]] = {}   # ... as hugetlbfs files (a mount)
+        self._autostart: Optional[tuple[list[Guest], list[Skipped]]] = None
 
     def gateway(self) -> Any:
         if self._gateway is None:
@@ -69,7 +75,24 @@ class Doctor:
             self._gateway = HostGateway(self.root)
         return self._gateway
 
+    def config(self) -> Config:
+        """hugexml.conf as the allocator reads it (the defaults without a config path)."""
+        from hugexml.config import Config, load_config
+
+        return (Config() if self.config_path is None
+                else load_config(self.config_path, self.config_explicit))
+
+    def autostart(self) -> tuple[list[Guest], list[Skipped]]:
+        """The autostart domains read as files and planned (hugexml.autostart), once."""
+        if self._autostart is None:
+            from hugexml.autostart import plan_autostart
+
+            self._autostart = plan_autostart(self.root, self.host)
+        return self._autostart
+
     def run(self) -> list[Check]:
+        from hugexml import doctor_boot
+
         guests = self._guarded("guests", self.check_guests)
         checks = [self._guarded(n, f) for n, f in (
             ("cpu-1g", self.check_cpu), ("default-size", self.check_default_size),
@@ -78,14 +101,17 @@ class Doctor:
             ("qemu.conf", self.check_qemu_conf), ("stale-daemon", self.check_stale_daemon),
             ("hook", self.check_hook), ("ledger", self.check_ledger), ("kept", self.check_kept),
             ("thp", self.check_thp),
-            ("fragmentation", self.check_fragmentation))]
-        return [*checks, guests]
+            ("fragmentation", self.check_fragmentation),
+            ("autostart", lambda: doctor_boot.check_autostart(self)),
+            ("hugetlb-cma", lambda: doctor_boot.check_hugetlb_cma(self)))]
+        return [*(c for group in checks for c in group), *guests]
 
-    def _guarded(self, name: str, fn: Callable[[], Check]) -> Check:
+    def _guarded(self, name: str, fn: Callable[[], Union[Check, list[Check]]]) -> list[Check]:
         try:
-            return fn()
+            result = fn()
         except HugexmlError as exc:
-            return Check(name, FAIL, str(exc))
+            return [Check(name, FAIL, str(exc))]
+        return result if isinstance(result, list) else [result]
 
     def _who(self, size_kib: int, file_only: bool = False) -> str:
         names = sorted((self.file_needs if file_only else self.needs).get(size_kib, ()))
@@ -106,35 +132,9 @@ class Doctor:
                      "(no guest asks for them)")
 
     def check_default_size(self) -> Check:
-        from hugexml.boot import HUGETLB_KEYS
+        from hugexml.doctor_boot import check_default_size
 
-        try:
-            with open(self.root.path("proc/cmdline"), encoding="utf-8", errors="replace") as fh:
-                tokens = fh.read().split()
-        except OSError:
-            tokens = []
-        ours = [t for t in tokens if t.split("=", 1)[0] in HUGETLB_KEYS]
-        default = self.host.default_page_kib
-        msg = (f"default size {format_kib(default) if default else 'none'}; kernel command "
-               f"line: {' '.join(ours) or 'no hugepage parameters'}")
-        asked = [t.split("=", 1)[1] for t in ours if t.startswith("default_hugepagesz=")]
-        if asked:
-            from hugexml.units import UnitError, parse_cli_size_kib
-
-            try:
-                wanted: Optional[int] = parse_cli_size_kib(asked[-1])
-            except UnitError:
-                wanted = None
-            if wanted != default:
-                return Check("default-size", WARN, msg + f" (the kernel ignored "
-                             f"default_hugepagesz={asked[-1]})", "fix the kernel command line: "
-                             "hugexml boot --default-size SIZE --reserve ... --apply")
-        for i, token in enumerate(ours):
-            if token.startswith("hugepagesz=") and not (
-                    i + 1 < len(ours) and ours[i + 1].startswith("hugepages=")):
-                return Check("default-size", WARN, msg + f" ({token} has no hugepages= after it)",
-                             "reserve with: hugexml boot --reserve SIZE:COUNT --apply")
-        return Check("default-size", OK, msg)
+        return check_default_size(self)
 
     def check_pools(self) -> Check:
         gw = self.gateway()
@@ -148,41 +148,9 @@ class Doctor:
         return Check("pools", OK, "; ".join(parts))
 
     def check_boot_reserve(self) -> Check:
-        """Every node and size has what boot-time reservation asks: ``[boot] reserve`` of the
-        config and the kernel command line's ``hugepages=`` (a per-node 1G ask can land on
-        another node, or not at all). Persistent pages count, whoever uses them."""
-        from hugexml.boot import HUGETLB_KEYS, cmdline_specs, parse_specs, shortfalls
+        from hugexml.doctor_boot import check_boot_reserve
 
-        asks = []
-        if self.config_path is not None:
-            from hugexml.config import load_config
-
-            reserve = load_config(self.config_path, self.config_explicit).boot_reserve
-            asks += [(spec, "[boot] reserve") for spec in parse_specs([reserve]) if reserve]
-        try:
-            with open(self.root.path("proc/cmdline"), encoding="utf-8", errors="replace") as fh:
-                tokens = [t for t in fh.read().split() if t.split("=", 1)[0] in HUGETLB_KEYS]
-        except OSError:
-            tokens = []
-        asks += [(spec, "kernel command line")
-                 for spec in cmdline_specs(tokens, self.host.default_page_kib)]
-        if not asks:
-            return Check("boot-reserve", OK, "no boot-time reservation ([boot] reserve empty, "
-                         "no hugepages= on the kernel command line)")
-        gw = self.gateway()
-
-        def persistent(size_kib: int, node: Optional[int]) -> int:
-            pools = [gw.node_pool(n, size_kib) for n in (
-                self.host.nodes if node is None else (node,))]
-            return sum(p.nr - p.surplus for p in pools)
-
-        short, met = shortfalls(asks, persistent)
-        if short:
-            return Check("boot-reserve", WARN, "short of the boot-time reservation: "
-                         + "; ".join(short), "hugexml boot --apply-runtime (adds what each "
-                         "node lacks; hugexml-reserve.service runs it at boot)")
-        return Check("boot-reserve", OK, "every boot-time reservation is in place: "
-                     + "; ".join(met))
+        return check_boot_reserve(self)
 
     def check_mounts(self) -> Check:
         from hugexml.mounts import list_mounts, mount_for

@@ -100,6 +100,13 @@ class MarginViolation(HostError):
     )
 
 
+class DoesNotFitAtBoot(HugexmlError):
+    """``boot --from-guests``: the autostart guests' demand breaks a node's margin at boot."""
+
+    msg_fmt = ("autostart guest '%(domain)s' does not fit at boot: %(reason)s ([allocation] "
+               "margin_min, margin_percent)")
+
+
 class LockTimeout(HostError):
     msg_fmt = "could not take the lock %(path)s within %(seconds).1f s (another hugexml holds it)"
 

@@ -8,8 +8,10 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from autostartfix import autostart, domain
 from fakekernel import write_hugetlbfs_mounts
 
 from hugexml.daemon import Daemon
@@ -22,7 +24,8 @@ from simkernel import SimKernel
 
 M2, G1 = 2048, 1048576
 NAMES = ["guests", "cpu-1g", "default-size", "pools", "boot-reserve", "mounts", "qemu.conf",
-         "stale-daemon", "hook", "ledger", "kept", "thp", "fragmentation"]
+         "stale-daemon", "hook", "ledger", "kept", "thp", "fragmentation", "autostart",
+         "hugetlb-cma"]
 
 
 class FakeHost:
@@ -312,3 +315,225 @@ def test_boot_reserve_names_each_node_and_size_the_kernel_did_not_place(tmp_path
     assert doc.check_boot_reserve() == Check("boot-reserve", OK, (
         "no boot-time reservation ([boot] reserve empty, no hugepages= on the kernel command "
         "line)"))
+
+
+# --- autostart guests: would each start now? --------------------------------------------
+class AutostartHost:
+    """A fake kernel (2 nodes of 8 GiB, 7.5 GiB free each), a 2M mount, autostart domains
+    as files, hugexml.conf and a state dir: doctor as on a real host."""
+
+    def __init__(self, tmp_path: Path, config: str = "") -> None:
+        from fakekernel import FakeKernel
+
+        self.base = tmp_path / "root"
+        self.kernel = FakeKernel(self.base, nodes=2, mem_kib_per_node=8 * G1)
+        (self.base / "etc/libvirt/qemu/autostart").mkdir(parents=True)
+        self.conf = tmp_path / "hugexml.conf"
+        self.conf.write_text(config)
+        self.state = str(tmp_path / "state")
+
+    def doctor(self) -> Doctor:
+        return Doctor(self.kernel.host_root, self.state, daemons=[],
+                      gateway=self.kernel.gateway(), domains=[], config_path=str(self.conf),
+                      config_explicit=True)
+
+    def lines(self) -> list[tuple[str, str]]:
+        from hugexml.doctor_boot import check_autostart
+
+        return [(c.status, c.message) for c in check_autostart(self.doctor())]
+
+    def allocator(self) -> Any:
+        from hugexml.alloc import Allocator
+        from hugexml.config import load_config
+
+        return Allocator(self.kernel.gateway(), self.state, load_config(str(self.conf), True))
+
+    def keep_1g(self, node: int) -> None:
+        """A stopped guest's 1G page, kept for its window."""
+        from allocfix import guest as gid
+        from allocfix import plan as mkplan
+
+        a = self.allocator()
+        a.reserve(mkplan("old", (1, (node,), "strict", G1)), gid("old"))
+        assert a.release(gid("old"))["kept"] == {f"{node}:{G1}": 1}
+
+
+def _none(h: AutostartHost) -> None:
+    pass
+
+
+def _two_2m(h: AutostartHost) -> None:
+    autostart(h.base, "a", domain("a", 1024, M2, "0"))
+    autostart(h.base, "b", domain("b", 2048, M2))
+
+
+def _1g_none_free(h: AutostartHost) -> None:
+    autostart(h.base, "db", domain("db", 2048, G1, "1"))
+
+
+def _1g_boot_pages(h: AutostartHost) -> None:
+    h.kernel.preset(1, G1, 2)
+    autostart(h.base, "db", domain("db", 2048, G1, "1"))
+
+
+def _1g_kept(h: AutostartHost) -> None:
+    h.keep_1g(1)
+    autostart(h.base, "db", domain("db", 1024, G1, "1"))
+
+
+def _second_finds_them_taken(h: AutostartHost) -> None:
+    h.kernel.preset(1, G1, 2)
+    autostart(h.base, "a", domain("a", 2048, G1, "1"))
+    autostart(h.base, "b", domain("b", 1024, G1, "0-1"))
+
+
+def _demote(pages: int) -> Any:
+    def setup(h: AutostartHost) -> None:
+        h.keep_1g(0)        # node 0: 6.5 GiB free, all of it the floor: no room to grow
+        h.conf.write_text("[allocation]\nmargin_min = 6656M\nmargin_percent = 0\n"
+                          "[release]\nkeep_for = 1G=10m\n")
+        autostart(h.base, "small", domain("small", pages * 2, M2, "0"))
+    return setup
+
+
+def _interleave_short(h: AutostartHost) -> None:
+    h.kernel.consume_memory(1, 7 * G1)      # node 1: 0.5 GiB free, under its 1 GiB floor
+    autostart(h.base, "il", domain("il", 2048, M2, "0-1", mode="interleave"))
+
+
+def _no_1g_mount(h: AutostartHost) -> None:
+    h.kernel.preset(0, G1, 1)
+    autostart(h.base, "file1g", domain("file1g", 1024, G1, "0", memfd=False))
+
+
+def _running(h: AutostartHost) -> None:
+    autostart(h.base, "db", domain("db", 2048, G1, "1"))
+    status = h.base / "run/libvirt/qemu"
+    status.mkdir(parents=True)
+    (status / "db.pid").write_text("4242")
+    (h.base / "proc/4242").mkdir(parents=True)
+
+
+def _starting(h: AutostartHost) -> None:
+    from allocfix import guest as gid
+    from allocfix import plan as mkplan
+
+    autostart(h.base, "db", domain("db", 1024, M2, "1"))
+    h.allocator().reserve(mkplan("db", (512, (1,), "strict", M2)), gid("db"))
+
+
+def _hostile(h: AutostartHost) -> None:
+    autostart(h.base, "gone", None)
+    autostart(h.base, "node7", domain("node7", 1024, M2, "7"))
+    autostart(h.base, "ok", domain("ok", 1024, M2, "0"))
+
+
+AUTOSTART = {
+    "no autostart domains": (_none, [(OK, "no autostart domains (")]),
+    "2M guests the kernel can add within the margin": (
+        _two_2m, [(OK, "2 autostart guest(s) with hugepages would start now (a, b)")]),
+    "1G: none free, and never counted from MemFree": (_1g_none_free, [(
+        FAIL, "guest 'db' would not start now: 1G: only 0 of 2 pages can be supplied on node 1 "
+              "now (free 0, kept 0, allocatable 0; MemFree allows up to 6 more, not a promise: "
+              "not counted)")]),
+    "1G: boot-time pages free": (_1g_boot_pages, [(OK, "1 autostart guest(s) with hugepages "
+                                                       "would start now (db)")]),
+    "1G: a kept page": (_1g_kept, [(OK, "would start now (db)")]),
+    "the second guest finds the pages taken": (_second_finds_them_taken, [(
+        FAIL, "guest 'b' would not start now: 1G: only 0 of 1 pages can be supplied on nodes "
+              "0-1 now (free 2, kept 0, allocatable 0; MemFree allows up to 10 more, not a "
+              "promise: not counted; 2 already counted for the guests before it or this "
+              "guest's other memory)")]),
+    "2M beyond the margin: a kept 1G page split": (_demote(512), [(
+        OK, "1 autostart guest(s) with hugepages would start now (small); with 1 x 1G on node 0 "
+            "split by demote")]),
+    "2M beyond the margin and the kept page": (_demote(513), [(
+        FAIL, "guest 'small' would not start now: 2M: only 0 of 513 pages can be supplied on "
+              "node 0 now (free 0, kept 0, allocatable 0 within the margin, 3328 without)")]),
+    "interleave: each node its share": (_interleave_short, [(
+        FAIL, "guest 'il' would not start now: 2M: only 0 of 512 pages can be supplied on node 1 "
+              "now (free 0, kept 0, allocatable 0 within the margin, 256 without)")]),
+    "a file-backed size without a mount": (_no_1g_mount, [(
+        FAIL, "guest 'file1g' would not start now: no hugetlbfs mount for 1G pages: run "
+              "'hugexml mounts ensure --size 1G --persist'")]),
+    "a running guest is not judged": (_running, [(OK, "0 autostart guest(s) with hugepages "
+                                                      "would start now; running or starting: db")]),
+    "a starting guest (pending claim) is not judged": (
+        _starting, [(OK, "running or starting: db")]),
+    "entries libvirt cannot start": (_hostile, [
+        (WARN, "autostart/gone.xml: /etc/libvirt/qemu/gone.xml does not exist (a dangling "
+               "link): libvirt cannot autostart it"),
+        (FAIL, "autostart/node7.xml: domain 'node7': NUMA node 7 is unavailable (host nodes: "
+               "0,1): libvirt would not start it")]),
+}
+
+
+@pytest.mark.parametrize("case", list(AUTOSTART))
+def test_autostart_says_which_guest_would_not_start_now(case, tmp_path):
+    setup, expect = AUTOSTART[case]
+    h = AutostartHost(tmp_path, "[release]\nkeep_for = 1G=10m\n")
+    setup(h)
+    before = h.kernel.counters()
+    got = h.lines()
+    assert len(got) == len(expect), got
+    for (status, message), (want_status, want) in zip(got, expect):
+        assert status == want_status and want in message, (status, message)
+    assert h.kernel.counters() == before            # doctor changes nothing
+
+
+def test_autostart_lines_join_the_doctor_run_with_a_fix(tmp_path):
+    h = AutostartHost(tmp_path)
+    _hostile(h)
+    _1g_none_free(h)
+    checks = h.doctor().run()
+    mine = [c for c in checks if c.name == "autostart"]
+    assert [c.status for c in mine] == [WARN, FAIL, FAIL]
+    assert all(c.fix for c in mine)
+    assert "hugexml boot --from-guests --apply" in mine[-1].fix
+    assert exit_code(checks) == 2
+
+
+# --- hugetlb_cma ---------------------------------------------------------------------------
+@pytest.mark.parametrize("meminfo,cmdline,status,says", [
+    ("", "ro", SKIP, "this kernel has no CMA (no CmaTotal in /proc/meminfo: CONFIG_CMA is off)"),
+    ("", "ro hugetlb_cma=4G", SKIP, "hugetlb_cma=4G is on the kernel command line but this "
+                                    "kernel has no CMA"),
+    ("CmaTotal: 0 kB\nCmaFree: 0 kB\n", "ro", OK,
+     "no hugetlb_cma= (CmaTotal 0, CmaFree 0, other CMA users included): hugetlb_cma= sets a "
+     "region aside at boot that movable allocations"),
+    ("CmaTotal: 4194304 kB\nCmaFree: 3145728 kB\n", "ro hugetlb_cma=0:4G", OK,
+     "hugetlb_cma=0:4G is active (CmaTotal 4G, CmaFree 3G): 1G pages at runtime come from that "
+     "area"),
+    ("CmaTotal: 0 kB\nCmaFree: 0 kB\n", "ro hugetlb_cma=512M", WARN,
+     "hugetlb_cma=512M is on the kernel command line but the kernel set no CMA area aside"),
+])
+def test_hugetlb_cma_informs_and_never_warns_by_default(host, meminfo, cmdline, status, says):
+    (host.base / "proc/meminfo").write_text("MemTotal: 67108864 kB\nHugepagesize: 2048 kB\n"
+                                            + meminfo)
+    (host.base / "proc/cmdline").write_text(cmdline + "\n")
+    check = host.doctor()["hugetlb-cma"]
+    assert check.status == status and says in check.message, check.message
+    if status == OK:
+        assert "needs CONFIG_CMA" in check.message and "page cache" in check.message
+    assert (check.fix is not None) == (status == WARN)
+
+
+def test_hugetlb_cma_points_at_the_boot_plan_when_autostart_guests_need_1g(tmp_path):
+    from hugexml.doctor_boot import check_hugetlb_cma
+
+    h = AutostartHost(tmp_path)
+    _1g_none_free(h)
+    meminfo = h.base / "proc/meminfo"
+    meminfo.write_text(meminfo.read_text() + "CmaTotal: 0 kB\nCmaFree: 0 kB\n")
+    check = check_hugetlb_cma(h.doctor())
+    assert check.status == OK and check.message.endswith(
+        "the autostart guests need 2 x 1G: hugexml boot --from-guests says whether "
+        "hugetlb_cma= would suit them")
+
+
+def test_autostart_when_the_directory_cannot_be_read(tmp_path):
+    h = AutostartHost(tmp_path)
+    (h.base / "etc/libvirt/qemu/autostart").rmdir()
+    (h.base / "etc/libvirt/qemu/autostart").write_text("")
+    assert h.lines() == [(WARN, "/etc/libvirt/qemu/autostart: Not a directory: the autostart "
+                                "guests are not checked")]

@@ -98,7 +98,8 @@ def test_doctor_json_on_the_real_host(real_host, tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     names = {c["name"] for c in data["checks"]}
     assert names == {"cpu-1g", "default-size", "pools", "boot-reserve", "mounts", "qemu.conf",
-                     "stale-daemon", "hook", "ledger", "kept", "thp", "fragmentation", "guests"}
+                     "stale-daemon", "hook", "ledger", "kept", "thp", "fragmentation", "guests",
+                     "autostart", "hugetlb-cma"}
     assert code == data["exit_code"] in (0, 1, 2)
     by_name = {c["name"]: c for c in data["checks"]}
     with open("/proc/cpuinfo") as fh:
