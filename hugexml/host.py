@@ -31,7 +31,7 @@ from hugexml.units import MAX_NODES
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Optional
+    from typing import Callable, Optional
 
 NODE_BASE = "sys/devices/system/node"
 GLOBAL_BASE = "sys/kernel/mm/hugepages"
@@ -40,6 +40,7 @@ BUDDYINFO = "proc/buddyinfo"
 MEMINFO = "proc/meminfo"
 DROP_CACHES = "proc/sys/vm/drop_caches"
 BOOT_ID = "proc/sys/kernel/random/boot_id"
+MEMPOLICY_FILE = "nr_hugepages_mempolicy"  # under GLOBAL_BASE/hugepages-<N>kB
 # Largest hugepage size any kernel offers (16 GiB on ppc64); anything larger is bad input.
 MAX_PAGE_KIB = 16 * 1024 * 1024
 MAX_READ_BYTES = 1 << 20  # buddyinfo/meminfo are a few KiB; sysfs attributes < 4 KiB
@@ -66,6 +67,10 @@ class NodePool(Typed, frozen=True):
     @property
     def used(self) -> int:
         return self.nr - self.free
+
+    @property
+    def persistent(self) -> int:
+        return self.nr - self.surplus
 
 
 class GlobalPool(Typed, frozen=True):
@@ -193,10 +198,16 @@ def predict_allocatable(orders: list[int], page_kib: int, base_page_kib: int = 4
 class HostGateway:
     """Reads the kernel's hugepage pools and changes a node's pool; nothing else."""
 
-    def __init__(self, root: HostRoot, io: Optional[SysIO] = None) -> None:
+    def __init__(self, root: HostRoot, io: Optional[SysIO] = None,
+                 mempolicy: Optional[Callable[[Optional[tuple[int, ...]]], None]] = None,
+                 ) -> None:
         self.root = root
         self.io = io if io is not None else SysIO()
         self._numa: Optional[bool] = None
+        # Binds this thread's memory policy (a node tuple) or puts it back (None): injected,
+        # else the io's own (a fake kernel's), else set_mempolicy(2) only on the real root
+        # (hugexml.mempolicy.policy_setter).
+        self.mempolicy = mempolicy
 
     def __repr__(self) -> str:
         return f"HostGateway({self.root!r}, io={type(self.io).__name__})"
@@ -369,17 +380,25 @@ class HostGateway:
         The result may be lower than ``count`` (fragmentation; the kernel still reports
         success) or, when shrinking, higher (pages in use or reserved stay). The caller
         computes ``count`` from the current value under its lock: never an absolute or zero
-        size over pages somebody else owns.
+        size over pages somebody else owns. The kernel frees only free pages, and only on
+        this node: the node file and the bound writes below both restrict it to the node.
 
-        Linux before 6.7 (Debian 12's 6.1 among them) makes a node write's count global with
-        ``nr_hugepages``, other nodes' surplus pages included, so the node's persistent
-        count misses ``count`` by exactly those pages (more pages than asked when growing,
-        fewer freed when shrinking). When the read-back shows that miss, one more write of
-        ``count`` minus the miss lands on ``count`` (a shrink below the other nodes' surplus
-        cannot be said through the node file: it lands as low as it can); newer kernels
-        never need it.
+        Two kernel rules make a node's own file miss, and then this lands on ``count``
+        through the bound writes of ``set_node_nr_bound`` instead:
+
+        - Linux before 6.7 (Debian 12's 6.1, RHEL 9's 5.14) makes a node write's count
+          global with ``nr_hugepages``, other nodes' surplus pages included (fixed in 6.7 by
+          "mm/hugetlb: fix nodes huge page allocation when there are surplus pages"): the
+          node lands at ``count`` plus those pages, so a count below them cannot be said
+          through the node file at all. Seen in the read-back (more persistent pages than
+          asked, other nodes holding surplus pages), the bound write corrects it.
+        - Every kernel frees pool pages only while the persistent pages stay above the
+          in-use and reserved ones, surplus pages in use counted too (set_max_huge_pages'
+          ``min_count``): while another node has surplus pages in use, this node's free
+          pages cannot go, and the node write would turn them into free surplus pages
+          instead. Such a shrink is seen before writing and goes the bound way at once.
         """
-        rel = self._pool_rel(node, size_kib, "nr_hugepages")
+        self._pool_rel(node, size_kib, "nr_hugepages")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise InvalidInput(reason=f"node {node}, {size_kib} KiB pages: pool size "
                                       f"{count!r} is not a count")
@@ -387,15 +406,51 @@ class HostGateway:
         if count > limit:
             raise InvalidInput(reason=f"node {node}, {size_kib} KiB pages: pool size {count} "
                                       f"exceeds the node's memory ({limit} pages)")
+        if self.numa:
+            mine, pools = self.node_pool(node, size_kib), self.global_pool(size_kib)
+            if pools.surplus > mine.surplus or (count < mine.persistent and any(
+                    self.surplus_blocks(node, size_kib, mine, count, pools))):
+                return self.set_node_nr_bound(node, size_kib, count)
+        rel = self._pool_rel(node, size_kib, "nr_hugepages")
         self._write(rel, f"{count}\n", self._missing_pool(node, size_kib))
         nr = self._read_int(rel)
+        if not self.numa:
+            return nr
         surplus = self._read_int(self._pool_rel(node, size_kib, "surplus_hugepages"))
-        miss = nr - surplus - count
-        if miss > 0 and miss <= self.global_pool(size_kib).surplus - surplus:
-            # as near as the node file can say it: below the other nodes' surplus, not at all
-            self._write(rel, f"{max(0, count - miss)}\n", self._missing_pool(node, size_kib))
-            nr = self._read_int(rel)
+        if nr - surplus > count and self.global_pool(size_kib).surplus > surplus:
+            # more than asked, other nodes hold surplus pages: Linux < 6.7's node write
+            return self.set_node_nr_bound(node, size_kib, count)
         return nr
+
+    def set_node_nr_bound(self, node: int, size_kib: int, count: int) -> int:
+        """``set_node_nr`` through ``nr_hugepages_mempolicy`` with this thread bound to the
+        node: exact where the node file is not (``hugexml.mempolicy.set_node_bound``)."""
+        if not self.numa:
+            return self.set_node_nr(node, size_kib, count)
+        from hugexml.mempolicy import set_node_bound
+
+        return set_node_bound(self, node, size_kib, count)
+
+    def surplus_blocks(self, node: int, size_kib: int, pool: NodePool, count: int,
+                       pools: Optional[GlobalPool] = None) -> tuple[dict[int, int], int]:
+        """Free pages a shrink of ``node`` (now ``pool``) to ``count`` wants freed that the
+        kernel keeps only because surplus pages are in use: ({other node: its surplus pages
+        to count as persistent meanwhile}, pages no other node can unblock). Nothing when
+        nothing blocks. Reserved pages are not blocked: they stay, as the kernel means."""
+        want = min(pool.persistent - count, pool.free)
+        if want <= 0:
+            return {}, 0
+        pools = self.global_pool(size_kib) if pools is None else pools
+        may = min(want, max(0, pools.free - pools.resv))  # reservations stay
+        # the kernel frees at most free - resv - surplus pages (persistent - min_count)
+        short = may - (pools.free - pools.resv - pools.surplus)
+        lenders: dict[int, int] = {}
+        for other in self.nodes() if short > 0 else ():
+            theirs = self.node_pool(other, size_kib) if other != node else None
+            if theirs is not None and theirs.surplus and not theirs.free and short > 0:
+                lenders[other] = min(short, theirs.surplus)  # surplus pages all in use
+                short -= lenders[other]
+        return lenders, max(0, short)
 
     def demote_size(self, node: int, size_kib: int) -> Optional[int]:
         """The page size a free ``size_kib`` page of ``node`` splits into with the kernel's

@@ -82,13 +82,35 @@ def test_allocate_dry_run_writes_nothing_on_the_host(kernel, tmp_path, capsys):
     assert kernel.writes == writes
 
 
-def test_shrink_reports_what_it_could_not_take(kernel, tmp_path, capsys):
+def cli(argv, tmp_path, capsys):
+    """The whole command line, as a user runs it: (exit code, stdout, stderr)."""
+    from hugexml.cli import main
+
+    code = main(["--root", str(tmp_path / "root"), "--state-dir", str(tmp_path / "state"),
+                 "--config", str(tmp_path / "none.conf"), *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_shrink_reports_what_it_could_not_take(kernel, tmp_path, capsys, as_json):
+    """A shrink that removes fewer pages than asked exits 1 and says so in one stderr line
+    (it used to print only to stdout: exit 1 with an empty stderr, seen in the NUMA VM)."""
     run("allocate", ["--size", "2M", "--count", "6", "--node", "0"], tmp_path, capsys)
     kernel.map(0, M2, 2)
-    code, out = run("shrink", ["--size", "2M", "--count", "6"], tmp_path, capsys)
+    code, out, err = cli(["shrink", "--size", "2M", "--count", "6", "--node", "0",
+                          *(["--json"] if as_json else [])], tmp_path, capsys)
     assert code == 1
-    assert "removed: node 0: 4 x 2M" in out and "2 of 6 pages" in out
+    if as_json:
+        assert json.loads(out)["removed"] == {"0:2048": 4}
+    else:
+        assert out == "removed: node 0: 4 x 2M\n"
+    assert err == ("hugexml shrink: 2 of 6 x 2M pages on node 0 were not removed: not free, "
+                   "reserved, or needed by guests\n")
     assert kernel.nr(0, M2) == 2
+    code, out, err = cli(["shrink", "--size", "2M", "--count", "2"], tmp_path, capsys)
+    assert (code, err) == (1, "hugexml shrink: 2 of 2 x 2M pages were not removed: not free, "
+                              "reserved, or needed by guests\n")
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -138,8 +160,9 @@ def test_status_reports_a_bad_state_file_and_reconcile_quarantines_it(kernel, tm
 
 
 def test_release_unknown_and_known(kernel, tmp_path, capsys):
-    code, out = run("release", ["ghost"], tmp_path, capsys)
+    code, out, err = cli(["release", "ghost"], tmp_path, capsys)
     assert code == 1 and "ghost: no claim" in out
+    assert err == "hugexml release: ghost: no claim to release\n"  # exit 1 says why
     from hugexml.alloc import Allocator
     from hugexml.model import DemandItem, GuestId, Plan
 

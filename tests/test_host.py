@@ -379,7 +379,10 @@ def test_plain_sysio_reads_the_shadow_root_not_the_host(tmp_path):
     assert gw.buddyinfo() == {2: {"Movable": [1, 2, 3, 4, 5]}}
     assert gw.thp_mode() == "never"
     assert gw.base_page_kib() == 4
-    # The plain SysIO writes in place (one write(2), no O_CREAT) and reads back.
+    # The plain SysIO writes in place (one write(2), no O_CREAT) and reads back. (No
+    # surplus pages on other nodes, or the change would be a bound write: none on this root.)
+    with open(gw.root.path(GLOBAL, "hugepages-64kB/surplus_hugepages"), "w") as fh:
+        fh.write(f"{gw.node_pool(0, 64).surplus}\n")
     assert gw.set_node_nr(0, 64, 15) == 15
     assert gw.compact(0) is False  # no compact attribute in this tree: nothing written
 

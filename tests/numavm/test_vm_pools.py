@@ -274,3 +274,31 @@ def test_allocate_on_one_node_while_another_node_has_surplus_pages(vm):
         assert pools() == before
     finally:
         used.close()
+
+
+def test_the_gateway_lands_exactly_while_another_node_has_surplus_pages(vm):
+    """HostGateway.set_node_nr on the real kernel, node 1 holding surplus pages in use: grows
+    and shrinks of other nodes land on their counts (Linux < 6.7 would miss by node 1's
+    surplus, and every kernel keeps free pages while surplus pages are in use), node 1 is
+    never changed, and the thread's memory policy is the default again."""
+    from hugexml.host import HostGateway
+    from hugexml.root import HostRoot
+
+    set_nr(1, M2, 10)
+    used = HugeFile(M2)
+    try:
+        used.touch(1, 6)
+        set_nr(1, M2, 2)                     # node 1: 6 pages in use, 4 of them surplus
+        start = pools()
+        gw = HostGateway(HostRoot("/"))
+        want = dict(start)
+        for node, count in ((3, 4), (3, 0), (3, 2), (3, 1), (0, 3), (2, 5), (3, 0), (0, 0),
+                            (2, 1), (2, 0)):
+            assert gw.set_node_nr(node, M2, count) == count, (node, count, pools())
+            want[(node, M2)] = (count, count, 0)
+            assert pools() == want, (node, count)
+        with open("/proc/self/numa_maps") as fh:
+            assert {line.split()[1] for line in fh} == {"default"}
+        assert pools() == start
+    finally:
+        used.close()
