@@ -1,8 +1,9 @@
 """The host gateway: every read and write of the kernel's hugepage pools, under a HostRoot.
 
 One class, ``HostGateway``, reads the per-node and global pools, meminfo, buddyinfo and the
-THP mode, and changes exactly one thing: a node's ``nr_hugepages`` (plus the compaction and
-drop-caches triggers). Rules it keeps:
+THP mode, and changes exactly one thing: a node's persistent pool, through its
+``nr_hugepages`` or, where that cannot say it, ``nr_hugepages_mempolicy`` bound to the node
+(``hugexml.mempolicy``) (plus the compaction and drop-caches triggers). Rules it keeps:
 
 - every path is built through ``HostRoot`` (tests point it at a fake sysfs tree);
 - every ``OSError`` becomes ``HostError(path=..., reason=...)`` raised ``from`` it;
@@ -166,6 +167,18 @@ def parse_buddyinfo(text: str) -> dict[int, dict[str, list[int]]]:
             raise ValueError(f"implausible line {line.strip()[:60]!r}")
         out.setdefault(node, {})[m.group(2)[:40]] = [_counter(x) for x in columns]
     return out
+
+
+def surplus_short(pool: NodePool, count: int, pools: GlobalPool) -> int:
+    """Free pages a shrink of a node (now ``pool``) to ``count`` wants freed that the kernel
+    keeps only because surplus pages are in use: it frees pool pages only down to the
+    reserved and in-use ones, surplus pages in use counted too (set_max_huge_pages'
+    ``min_count``), i.e. at most free - resv - surplus of them. Reserved pages are not
+    counted: they stay, as the kernel means them to."""
+    want = min(pool.persistent - count, pool.free)
+    if want <= 0:
+        return 0
+    return max(0, min(want, pools.free - pools.resv) - (pools.free - pools.resv - pools.surplus))
 
 
 def page_order(page_kib: int, base_page_kib: int = 4) -> int:
@@ -380,23 +393,20 @@ class HostGateway:
         The result may be lower than ``count`` (fragmentation; the kernel still reports
         success) or, when shrinking, higher (pages in use or reserved stay). The caller
         computes ``count`` from the current value under its lock: never an absolute or zero
-        size over pages somebody else owns. The kernel frees only free pages, and only on
-        this node: the node file and the bound writes below both restrict it to the node.
+        size over pages somebody else owns. Either way below, the kernel adds pages only on
+        this node and frees only its free pages.
 
-        Two kernel rules make a node's own file miss, and then this lands on ``count``
-        through the bound writes of ``set_node_nr_bound`` instead:
+        The node's ``nr_hugepages`` file, unless it cannot say ``count``; then
+        ``set_node_nr_bound`` (``hugexml.mempolicy``), exact on every kernel:
 
-        - Linux before 6.7 (Debian 12's 6.1, RHEL 9's 5.14) makes a node write's count
-          global with ``nr_hugepages``, other nodes' surplus pages included (fixed in 6.7 by
-          "mm/hugetlb: fix nodes huge page allocation when there are surplus pages"): the
-          node lands at ``count`` plus those pages, so a count below them cannot be said
-          through the node file at all. Seen in the read-back (more persistent pages than
-          asked, other nodes holding surplus pages), the bound write corrects it.
-        - Every kernel frees pool pages only while the persistent pages stay above the
-          in-use and reserved ones, surplus pages in use counted too (set_max_huge_pages'
-          ``min_count``): while another node has surplus pages in use, this node's free
-          pages cannot go, and the node write would turn them into free surplus pages
-          instead. Such a shrink is seen before writing and goes the bound way at once.
+        - while other nodes hold surplus pages: Linux before 6.7 (Debian 12's 6.1, RHEL 9's
+          5.14) makes a node write's count global with ``nr_hugepages``, their surplus pages
+          included, so the node lands that many pages above ``count``, and a shrink can even
+          first turn this node's own surplus pages into persistent ones (fixed in 6.7: "mm/
+          hugetlb: fix nodes huge page allocation when there are surplus pages");
+        - when surplus pages in use keep free pages a shrink wants freed (``surplus_short``:
+          the kernel's ``min_count`` counts them): the node write would turn those free
+          pages into free surplus pages.
         """
         self._pool_rel(node, size_kib, "nr_hugepages")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
@@ -406,10 +416,11 @@ class HostGateway:
         if count > limit:
             raise InvalidInput(reason=f"node {node}, {size_kib} KiB pages: pool size {count} "
                                       f"exceeds the node's memory ({limit} pages)")
-        if self.numa:
+        if self.numa and self._read_int(f"{GLOBAL_BASE}/hugepages-{size_kib}kB/"
+                                        "surplus_hugepages", self._missing_pool(node, size_kib)):
+            # surplus pages somewhere (without, neither rule applies: one read, no more)
             mine, pools = self.node_pool(node, size_kib), self.global_pool(size_kib)
-            if pools.surplus > mine.surplus or (count < mine.persistent and any(
-                    self.surplus_blocks(node, size_kib, mine, count, pools))):
+            if pools.surplus > mine.surplus or surplus_short(mine, count, pools) > 0:
                 return self.set_node_nr_bound(node, size_kib, count)
         rel = self._pool_rel(node, size_kib, "nr_hugepages")
         self._write(rel, f"{count}\n", self._missing_pool(node, size_kib))
@@ -418,39 +429,18 @@ class HostGateway:
             return nr
         surplus = self._read_int(self._pool_rel(node, size_kib, "surplus_hugepages"))
         if nr - surplus > count and self.global_pool(size_kib).surplus > surplus:
-            # more than asked, other nodes hold surplus pages: Linux < 6.7's node write
+            # surplus pages elsewhere since the read: Linux < 6.7 counted them in
             return self.set_node_nr_bound(node, size_kib, count)
         return nr
 
     def set_node_nr_bound(self, node: int, size_kib: int, count: int) -> int:
         """``set_node_nr`` through ``nr_hugepages_mempolicy`` with this thread bound to the
-        node: exact where the node file is not (``hugexml.mempolicy.set_node_bound``)."""
+        node (``hugexml.mempolicy.set_node_bound``); without NUMA, ``set_node_nr``."""
         if not self.numa:
             return self.set_node_nr(node, size_kib, count)
         from hugexml.mempolicy import set_node_bound
 
         return set_node_bound(self, node, size_kib, count)
-
-    def surplus_blocks(self, node: int, size_kib: int, pool: NodePool, count: int,
-                       pools: Optional[GlobalPool] = None) -> tuple[dict[int, int], int]:
-        """Free pages a shrink of ``node`` (now ``pool``) to ``count`` wants freed that the
-        kernel keeps only because surplus pages are in use: ({other node: its surplus pages
-        to count as persistent meanwhile}, pages no other node can unblock). Nothing when
-        nothing blocks. Reserved pages are not blocked: they stay, as the kernel means."""
-        want = min(pool.persistent - count, pool.free)
-        if want <= 0:
-            return {}, 0
-        pools = self.global_pool(size_kib) if pools is None else pools
-        may = min(want, max(0, pools.free - pools.resv))  # reservations stay
-        # the kernel frees at most free - resv - surplus pages (persistent - min_count)
-        short = may - (pools.free - pools.resv - pools.surplus)
-        lenders: dict[int, int] = {}
-        for other in self.nodes() if short > 0 else ():
-            theirs = self.node_pool(other, size_kib) if other != node else None
-            if theirs is not None and theirs.surplus and not theirs.free and short > 0:
-                lenders[other] = min(short, theirs.surplus)  # surplus pages all in use
-                short -= lenders[other]
-        return lenders, max(0, short)
 
     def demote_size(self, node: int, size_kib: int) -> Optional[int]:
         """The page size a free ``size_kib`` page of ``node`` splits into with the kernel's

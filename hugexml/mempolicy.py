@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable, Sequence
     from typing import Optional
 
-    from hugexml.host import HostGateway
+    from hugexml.host import HostGateway, NodePool
 
 MPOL_DEFAULT = 0
 MPOL_BIND = 2
@@ -86,7 +86,7 @@ def set_node_bound(gw: HostGateway, node: int, size_kib: int, count: int) -> int
     that node's free pages: never a page in use, never another node's page.
 
     A shrink the kernel would refuse because surplus pages are in use elsewhere (its
-    ``min_count`` counts them; ``HostGateway.surplus_blocks``) first has each lending node
+    ``min_count`` counts them; ``lenders_for``) first has each lending node
     count that many of its in-use surplus pages as persistent (a relabel: no page is added,
     freed or moved), then shrinks this node, then puts each lender back to its persistent
     count (in a ``finally``). A page a lender's owner frees meanwhile stays free for that
@@ -94,9 +94,8 @@ def set_node_bound(gw: HostGateway, node: int, size_kib: int, count: int) -> int
     lender can unblock stay persistent (the kernel would turn them into free surplus pages).
     """
     pool = gw.node_pool(node, size_kib)
-    change, lenders, stuck = (node, count), {}, 0
-    if count < pool.persistent:
-        lenders, stuck = gw.surplus_blocks(node, size_kib, pool, count)
+    change = (node, count)
+    lenders, stuck = lenders_for(gw, node, size_kib, pool, count)
     if count + stuck == pool.persistent:
         return pool.nr
     lent: dict[int, int] = {}  # lender -> its persistent count before
@@ -116,6 +115,24 @@ def set_node_bound(gw: HostGateway, node: int, size_kib: int, count: int) -> int
         if failed is not None:
             raise failed
     return gw.node_pool(node, size_kib).nr
+
+
+def lenders_for(gw: HostGateway, node: int, size_kib: int, pool: NodePool,
+                count: int) -> tuple[dict[int, int], int]:
+    """Who unblocks a shrink of ``node`` (``host.surplus_short``): {other node: surplus
+    pages it counts as persistent meanwhile}, from nodes whose surplus pages are all in use
+    (a node with free pages would lose them on the way back), and the pages nobody can
+    unblock."""
+    from hugexml.host import surplus_short
+
+    short = surplus_short(pool, count, gw.global_pool(size_kib))
+    lenders: dict[int, int] = {}
+    for other in gw.nodes() if short > 0 else ():
+        theirs = gw.node_pool(other, size_kib) if other != node else None
+        if theirs is not None and theirs.surplus and not theirs.free and short > 0:
+            lenders[other] = min(short, theirs.surplus)
+            short -= lenders[other]
+    return lenders, short
 
 
 def _bound_write(gw: HostGateway, bound: int, size_kib: int, persistent: int,
