@@ -1,12 +1,15 @@
-"""The calling thread's NUMA memory policy, for the host gateway's bound pool writes.
+"""The host gateway's bound pool writes: a node's exact pool change through
+``nr_hugepages_mempolicy``, and the calling thread's NUMA memory policy it needs.
 
 ``nr_hugepages_mempolicy`` (one per page size, under ``/sys/kernel/mm/hugepages``) takes a
 global persistent count but adds and frees pages only on the nodes of the writing task's
-memory policy. ``set_thread_policy((node,))`` binds the calling thread (``set_mempolicy(2)``
-with ``MPOL_BIND``) and ``set_thread_policy(None)`` puts it back to ``MPOL_DEFAULT``; both
-raise ``OSError`` (``ENOSYS`` on an architecture whose syscall number is not known here).
-ctypes is imported on the first call only: nothing on the hook's usual path loads this
-module. Memory policies are per thread: bind, write and restore on one thread.
+memory policy (mm/hugetlb.c: ``init_nodemask_of_mempolicy``). ``set_node_bound`` uses it
+where a node's own ``nr_hugepages`` cannot say a count (``HostGateway.set_node_nr``).
+``set_thread_policy((node,))`` binds the calling thread (``set_mempolicy(2)``, ``MPOL_BIND``,
+through ctypes) and ``set_thread_policy(None)`` puts it back to ``MPOL_DEFAULT``; both raise
+``OSError`` (``ENOSYS`` where the syscall number is not known here). Imported, and ctypes
+loaded, only when such a write is needed. Policies are per thread: bind, write and restore
+happen on one thread.
 """
 from __future__ import annotations
 
@@ -86,12 +89,14 @@ def set_node_bound(gw: HostGateway, node: int, size_kib: int, count: int) -> int
     that node's free pages: never a page in use, never another node's page.
 
     A shrink the kernel would refuse because surplus pages are in use elsewhere (its
-    ``min_count`` counts them; ``lenders_for``) first has each lending node
-    count that many of its in-use surplus pages as persistent (a relabel: no page is added,
-    freed or moved), then shrinks this node, then puts each lender back to its persistent
-    count (in a ``finally``). A page a lender's owner frees meanwhile stays free for that
-    moment and the last write frees it, as the kernel would have at once. Free pages no
-    lender can unblock stay persistent (the kernel would turn them into free surplus pages).
+    ``min_count`` counts them; ``lenders_for``) first has each lending node count that many
+    of its in-use surplus pages as persistent (a relabel: no page is added, freed or moved),
+    then shrinks this node, then puts each lender back to its persistent count (in a
+    ``finally``). A page a lender's owner frees meanwhile stays free for that moment and the
+    last write frees it, as the kernel would have at once (should the owner free one just
+    before the relabel, the kernel adds a page there instead, which the last write frees).
+    Free pages no lender can unblock stay persistent (a write would make them free surplus
+    pages). Nothing here chooses a count: ``count`` is the caller's, derived under its lock.
     """
     pool = gw.node_pool(node, size_kib)
     change = (node, count)

@@ -537,8 +537,9 @@ def test_prediction_matches_what_the_fake_grants(fk, gw):
 @pytest.mark.parametrize("grow", [True, False])
 def test_a_node_write_lands_on_its_count_on_kernels_before_6_7(tmp_path, grow):
     """Linux < 6.7 counts other nodes' surplus pages into a node write (the fake's
-    node_write_counts_surplus, checked against Debian's 6.1 in tests/numavm): the gateway
-    corrects the miss with a second write, so the node gets exactly what was asked."""
+    node_write_counts_surplus, checked against Debian's 6.1 in tests/numavm): with surplus
+    pages on other nodes the gateway writes nr_hugepages_mempolicy bound to the node, so
+    the node gets exactly what was asked (more in tests/test_host_mempolicy.py)."""
     from fakekernel import FakeKernel
 
     fk = FakeKernel(tmp_path / "root", nodes=4, node_write_counts_surplus=True)
