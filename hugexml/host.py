@@ -1,8 +1,9 @@
 """The host gateway: every read and write of the kernel's hugepage pools, under a HostRoot.
 
 One class, ``HostGateway``, reads the per-node and global pools, meminfo, buddyinfo and the
-THP mode, and changes exactly one thing: a node's ``nr_hugepages`` (plus the compaction and
-drop-caches triggers). Rules it keeps:
+THP mode, and changes exactly one thing: a node's persistent pool, through its
+``nr_hugepages`` or, where that cannot say it, ``nr_hugepages_mempolicy`` bound to the node
+(``hugexml.mempolicy``) (plus the compaction and drop-caches triggers). Rules it keeps:
 
 - every path is built through ``HostRoot`` (tests point it at a fake sysfs tree);
 - every ``OSError`` becomes ``HostError(path=..., reason=...)`` raised ``from`` it;
@@ -31,7 +32,7 @@ from hugexml.units import MAX_NODES, ascii_uint, numbered
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Optional
+    from typing import Callable, Optional
 
 NODE_BASE = "sys/devices/system/node"
 GLOBAL_BASE = "sys/kernel/mm/hugepages"
@@ -40,6 +41,7 @@ BUDDYINFO = "proc/buddyinfo"
 MEMINFO = "proc/meminfo"
 DROP_CACHES = "proc/sys/vm/drop_caches"
 BOOT_ID = "proc/sys/kernel/random/boot_id"
+MEMPOLICY_FILE = "nr_hugepages_mempolicy"  # under GLOBAL_BASE/hugepages-<N>kB
 # Largest hugepage size any kernel offers (16 GiB on ppc64); anything larger is bad input.
 MAX_PAGE_KIB = 16 * 1024 * 1024
 MAX_READ_BYTES = 1 << 20  # buddyinfo/meminfo are a few KiB; sysfs attributes < 4 KiB
@@ -62,6 +64,10 @@ class NodePool(Typed, frozen=True):
     @property
     def used(self) -> int:
         return self.nr - self.free
+
+    @property
+    def persistent(self) -> int:
+        return self.nr - self.surplus
 
 
 class GlobalPool(Typed, frozen=True):
@@ -169,6 +175,18 @@ def parse_buddyinfo(text: str) -> dict[int, dict[str, list[int]]]:
     return out
 
 
+def surplus_short(pool: NodePool, count: int, pools: GlobalPool) -> int:
+    """Free pages a shrink of a node (now ``pool``) to ``count`` wants freed that the kernel
+    keeps only because surplus pages are in use: it frees pool pages only down to the
+    reserved and in-use ones, surplus pages in use counted too (set_max_huge_pages'
+    ``min_count``), i.e. at most free - resv - surplus of them. Reserved pages are not
+    counted: they stay, as the kernel means them to."""
+    want = min(pool.persistent - count, pool.free)
+    if want <= 0:
+        return 0
+    return max(0, min(want, pools.free - pools.resv) - (pools.free - pools.resv - pools.surplus))
+
+
 def page_order(page_kib: int, base_page_kib: int = 4) -> int:
     """Buddy order of a page size: 2048 KiB on 4 KiB pages -> 9. ValueError if not a power."""
     if page_kib <= 0 or base_page_kib <= 0 or page_kib % base_page_kib:
@@ -199,10 +217,16 @@ def predict_allocatable(orders: list[int], page_kib: int, base_page_kib: int = 4
 class HostGateway:
     """Reads the kernel's hugepage pools and changes a node's pool; nothing else."""
 
-    def __init__(self, root: HostRoot, io: Optional[SysIO] = None) -> None:
+    def __init__(self, root: HostRoot, io: Optional[SysIO] = None,
+                 mempolicy: Optional[Callable[[Optional[tuple[int, ...]]], None]] = None,
+                 ) -> None:
         self.root = root
         self.io = io if io is not None else SysIO()
         self._numa: Optional[bool] = None
+        # Binds this thread's memory policy (a node tuple) or puts it back (None): injected,
+        # else the io's own (a fake kernel's), else set_mempolicy(2) only on the real root
+        # (hugexml.mempolicy.policy_setter).
+        self.mempolicy = mempolicy
 
     def __repr__(self) -> str:
         return f"HostGateway({self.root!r}, io={type(self.io).__name__})"
@@ -377,17 +401,22 @@ class HostGateway:
         The result may be lower than ``count`` (fragmentation; the kernel still reports
         success) or, when shrinking, higher (pages in use or reserved stay). The caller
         computes ``count`` from the current value under its lock: never an absolute or zero
-        size over pages somebody else owns.
+        size over pages somebody else owns. Either way below, the kernel adds pages only on
+        this node and frees only its free pages.
 
-        Linux before 6.7 (Debian 12's 6.1 among them) makes a node write's count global with
-        ``nr_hugepages``, other nodes' surplus pages included, so the node's persistent
-        count misses ``count`` by exactly those pages (more pages than asked when growing,
-        fewer freed when shrinking). When the read-back shows that miss, one more write of
-        ``count`` minus the miss lands on ``count`` (a shrink below the other nodes' surplus
-        cannot be said through the node file: it lands as low as it can); newer kernels
-        never need it.
+        The node's ``nr_hugepages`` file, unless it cannot say ``count``; then
+        ``set_node_nr_bound`` (``hugexml.mempolicy``), exact on every kernel:
+
+        - while other nodes hold surplus pages: Linux before 6.7 (Debian 12's 6.1, RHEL 9's
+          5.14) makes a node write's count global with ``nr_hugepages``, their surplus pages
+          included, so the node lands that many pages above ``count``, and a shrink can even
+          first turn this node's own surplus pages into persistent ones (fixed in 6.7: "mm/
+          hugetlb: fix nodes huge page allocation when there are surplus pages");
+        - when surplus pages in use keep free pages a shrink wants freed (``surplus_short``:
+          the kernel's ``min_count`` counts them): the node write would turn those free
+          pages into free surplus pages.
         """
-        rel = self._pool_rel(node, size_kib, "nr_hugepages")
+        self._pool_rel(node, size_kib, "nr_hugepages")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise InvalidInput(reason=f"node {node}, {size_kib} KiB pages: pool size "
                                       f"{count!r} is not a count")
@@ -395,15 +424,31 @@ class HostGateway:
         if count > limit:
             raise InvalidInput(reason=f"node {node}, {size_kib} KiB pages: pool size {count} "
                                       f"exceeds the node's memory ({limit} pages)")
+        if self.numa and self._read_int(f"{GLOBAL_BASE}/hugepages-{size_kib}kB/"
+                                        "surplus_hugepages", self._missing_pool(node, size_kib)):
+            # surplus pages somewhere (without, neither rule applies: one read, no more)
+            mine, pools = self.node_pool(node, size_kib), self.global_pool(size_kib)
+            if pools.surplus > mine.surplus or surplus_short(mine, count, pools) > 0:
+                return self.set_node_nr_bound(node, size_kib, count)
+        rel = self._pool_rel(node, size_kib, "nr_hugepages")
         self._write(rel, f"{count}\n", self._missing_pool(node, size_kib))
         nr = self._read_int(rel)
+        if not self.numa:
+            return nr
         surplus = self._read_int(self._pool_rel(node, size_kib, "surplus_hugepages"))
-        miss = nr - surplus - count
-        if miss > 0 and miss <= self.global_pool(size_kib).surplus - surplus:
-            # as near as the node file can say it: below the other nodes' surplus, not at all
-            self._write(rel, f"{max(0, count - miss)}\n", self._missing_pool(node, size_kib))
-            nr = self._read_int(rel)
+        if nr - surplus > count and self.global_pool(size_kib).surplus > surplus:
+            # surplus pages elsewhere since the read: Linux < 6.7 counted them in
+            return self.set_node_nr_bound(node, size_kib, count)
         return nr
+
+    def set_node_nr_bound(self, node: int, size_kib: int, count: int) -> int:
+        """``set_node_nr`` through ``nr_hugepages_mempolicy`` with this thread bound to the
+        node (``hugexml.mempolicy.set_node_bound``); without NUMA, ``set_node_nr``."""
+        if not self.numa:
+            return self.set_node_nr(node, size_kib, count)
+        from hugexml.mempolicy import set_node_bound
+
+        return set_node_bound(self, node, size_kib, count)
 
     def demote_size(self, node: int, size_kib: int) -> Optional[int]:
         """The page size a free ``size_kib`` page of ``node`` splits into with the kernel's

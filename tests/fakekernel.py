@@ -20,7 +20,9 @@ other nodes included, so it over- or under-shoots by them) and ``gigantic_whole_
 pages only from whole GiBs a node does not use for itself). Nodes are chosen as the kernel
 does, with per-size alloc/free cursors that persist across writes; a reservation that goes
 away frees unused surplus pages (return_unused_surplus_pages). ``demote`` turns free 1G pages
-into 2M pages on their node. tests/numavm/kernelscenarios.py checks all of it against a real
+into 2M pages on their node. ``nr_hugepages_mempolicy`` obeys this process's memory policy
+(``FakeSysIO.set_mempolicy``, the gateway's setter on a fake root): bound, a global count
+works on the bound nodes only. tests/numavm/kernelscenarios.py checks all of it against a real
 4-node kernel.
 
 State lives in the files (the counters in the sysfs files themselves, MemFree/FilePages in
@@ -272,12 +274,16 @@ class _Kernel:
             pool[2] -= 1
             self.free_page(node, size)
 
-    def set_max(self, size: int, count: int, node: Optional[int]) -> None:
+    def set_max(self, size: int, count: int, node: Optional[int],
+                allowed: Optional[list[int]] = None) -> None:
         """set_max_huge_pages; ``count`` of a node write is first made global, from the
         persistent counts (Linux 6.7 on) or, with ``node_write_counts_surplus`` (Linux before
-        6.7, Debian 12's 6.1 among them), from nr_hugepages, surplus pages included."""
+        6.7, Debian 12's 6.1 among them), from nr_hugepages, surplus pages included. A global
+        write works on ``allowed`` nodes (nr_hugepages_mempolicy: the task's bound nodes),
+        by default all."""
         pools = {n: self.pools[_key(n, size)] for n in self.nodes}
-        allowed = self.nodes if node is None else [node]
+        if allowed is None:
+            allowed = self.nodes if node is None else [node]
         if node is not None and self.conf.get("node_write_counts_surplus"):
             count += sum(p[0] for p in pools.values()) - pools[node][0]
         elif node is not None:
@@ -317,10 +323,31 @@ def _next_allowed(nid: int, allowed: list[int]) -> int:
 
 class FakeSysIO(SysIO):
     """SysIO for a fake root: reads are plain (files are replaced atomically), writes are
-    interpreted as the kernel would, under the fake's flock. Picklable (holds only a path)."""
+    interpreted as the kernel would, under the fake's flock. Picklable (carries only its path:
+    a memory policy is the task's own)."""
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
+        # This process's memory policy, as set_mempolicy(2) keeps a task's: the nodes of
+        # MPOL_BIND, None for MPOL_DEFAULT. Writes of nr_hugepages_mempolicy obey it.
+        self.bound: Optional[tuple[int, ...]] = None
+        self.binds: list[Optional[tuple[int, ...]]] = []  # every call, oldest first
+
+    def set_mempolicy(self, nodes: Optional[tuple[int, ...]]) -> None:
+        """The gateway's memory-policy setter on a fake root (the kernel's EINVAL for a
+        node that has no memory here)."""
+        if nodes is not None:
+            with self.locked() as kern:
+                if not nodes or any(n not in kern.nodes for n in nodes):
+                    raise OSError(errno.EINVAL, "Invalid argument")
+        self.binds.append(None if nodes is None else tuple(nodes))
+        self.bound = None if nodes is None else tuple(nodes)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"root": self.root}  # a policy is the task's own: not carried to another
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["root"])  # type: ignore[misc]
 
     @classmethod
     def from_root(cls, root: str) -> FakeSysIO:
@@ -388,7 +415,9 @@ class FakeSysIO(SysIO):
         parts = rel.split("/")
         name = parts[-1]
         size = int(parts[-2][len("hugepages-"):-2]) if parts[-2].startswith("hugepages-") else 0
-        if name in ("nr_hugepages", "nr_hugepages_mempolicy"):
+        if name == "nr_hugepages_mempolicy" and self.bound is not None:
+            kern.set_max(size, self._number(text, path), None, list(self.bound))
+        elif name in ("nr_hugepages", "nr_hugepages_mempolicy"):
             node = int(parts[4][4:]) if rel.startswith(NODE) else None
             kern.set_max(size, self._number(text, path), node)
         elif name == "demote":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 
 import pytest
 from allocfix import M2, make_config
@@ -82,13 +83,63 @@ def test_allocate_dry_run_writes_nothing_on_the_host(kernel, tmp_path, capsys):
     assert kernel.writes == writes
 
 
-def test_shrink_reports_what_it_could_not_take(kernel, tmp_path, capsys):
+def cli(argv, tmp_path, capsys):
+    """The whole command line, as a user runs it: (exit code, stdout, stderr)."""
+    from hugexml.cli import main
+
+    code = main(["--root", str(tmp_path / "root"), "--state-dir", str(tmp_path / "state"),
+                 "--config", str(tmp_path / "none.conf"), *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_shrink_reports_what_it_could_not_take(kernel, tmp_path, capsys, as_json):
+    """A shrink that removes fewer pages than asked exits 1 and says so in one stderr line
+    (it used to print only to stdout: exit 1 with an empty stderr, seen in the NUMA VM)."""
     run("allocate", ["--size", "2M", "--count", "6", "--node", "0"], tmp_path, capsys)
     kernel.map(0, M2, 2)
-    code, out = run("shrink", ["--size", "2M", "--count", "6"], tmp_path, capsys)
+    code, out, err = cli(["shrink", "--size", "2M", "--count", "6", "--node", "0",
+                          *(["--json"] if as_json else [])], tmp_path, capsys)
     assert code == 1
-    assert "removed: node 0: 4 x 2M" in out and "2 of 6 pages" in out
+    if as_json:
+        assert json.loads(out)["removed"] == {"0:2048": 4}
+    else:
+        assert out == "removed: node 0: 4 x 2M\n"
+    assert err == ("hugexml shrink: 2 of 6 x 2M pages on node 0 were not removed: not free, "
+                   "reserved, or needed by guests\n")
     assert kernel.nr(0, M2) == 2
+    code, out, err = cli(["shrink", "--size", "2M", "--count", "2"], tmp_path, capsys)
+    assert (code, err) == (1, "hugexml shrink: 2 of 2 x 2M pages were not removed: not free, "
+                              "reserved, or needed by guests\n")
+
+
+def test_a_failed_pool_write_is_one_stderr_line_naming_node_size_counts(monkeypatch, tmp_path,
+                                                                        capsys):
+    """An OSError from the kernel in the middle of a bound write (node 1 has surplus pages
+    in use, so node 0's shrink writes nr_hugepages_mempolicy) ends the command with one
+    line; node 1 and the memory policy are as they were. (The sysfs fake kernel: the
+    in-memory one has no sysfs files to fail.)"""
+    import errno
+
+    kernel = make_kernel("fake", str(tmp_path / "root"), nodes=2)
+    monkeypatch.setattr(_alloc, "MAKE_GATEWAY", lambda root: kernel.gw)
+    monkeypatch.setattr(_alloc, "load", lambda ctx: make_config())
+    run("allocate", ["--size", "2M", "--count", "4", "--node", "0"], tmp_path, capsys)
+    kernel.fk.preset(1, M2, 3)
+    kernel.fk.use(1, M2, 3)
+    kernel.gw.set_node_nr(1, M2, 0)                 # node 1: 3 surplus pages in use
+    node1 = kernel.fk.pool(1, M2)
+    kernel.fk.fail_next_write(f"sys/kernel/mm/hugepages/hugepages-{M2}kB/"
+                              "nr_hugepages_mempolicy", errno.EBUSY, after=1)
+    code, out, err = cli(["shrink", "--size", "2M", "--count", "4", "--node", "0"], tmp_path,
+                         capsys)
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert err.startswith("hugexml shrink: ") and "nr_hugepages_mempolicy: node 0, 2048 KiB " \
+        "pages, pool to 0: node 0 from 4 to 0 persistent pages" in err
+    assert os.strerror(errno.EBUSY) in err
+    assert kernel.fk.pool(1, M2) == node1 and kernel.fk.io.bound is None
+    assert kernel.nr(0, M2) == 4
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -138,8 +189,9 @@ def test_status_reports_a_bad_state_file_and_reconcile_quarantines_it(kernel, tm
 
 
 def test_release_unknown_and_known(kernel, tmp_path, capsys):
-    code, out = run("release", ["ghost"], tmp_path, capsys)
+    code, out, err = cli(["release", "ghost"], tmp_path, capsys)
     assert code == 1 and "ghost: no claim" in out
+    assert err == "hugexml release: ghost: no claim to release\n"  # exit 1 says why
     from hugexml.alloc import Allocator
     from hugexml.model import DemandItem, GuestId, Plan
 

@@ -136,3 +136,40 @@ def test_prediction_covers_a_small_real_grow(gw):
         assert predicted >= got, f"predicted {predicted}, got {got}"
     finally:
         assert gw.set_node_nr(0, 2048, before) == before
+
+
+def numa_policies() -> set[str]:
+    """The memory policies /proc/self/numa_maps shows (the thread's, for mappings without
+    their own): "default", or e.g. "bind:0" while bound."""
+    with open("/proc/self/numa_maps") as fh:
+        return {line.split()[1] for line in fh if len(line.split()) > 1}
+
+
+def test_a_bound_write_grows_and_shrinks_node_0_and_restores_the_policy(real_host):
+    """The gateway's bound write on the real kernel (hugexml/mempolicy.py): set_mempolicy(2)
+    through ctypes binds this thread to node 0, nr_hugepages_mempolicy takes the global
+    target, the pool moves by a few pages, the policy is MPOL_DEFAULT again; the pool ends
+    exactly as found."""
+    from hugexml import mempolicy
+
+    seen: list[tuple[object, set[str]]] = []
+
+    def spy(nodes):
+        mempolicy.set_thread_policy(nodes)
+        seen.append((nodes, numa_policies()))
+
+    assert numa_policies() == {"default"}
+    gw = HostGateway(HostRoot("/"), mempolicy=spy)
+    start = gw.node_pool(0, 2048)
+    global_nr = gw.global_pool(2048).nr
+    for step in (3, 1, 4, 0):
+        nr = gw.set_node_nr_bound(0, 2048, start.persistent + step)
+        assert nr == start.nr + step
+        assert gw.node_pool(0, 2048) == type(start)(start.nr + step, start.free + step,
+                                                    start.surplus)
+        assert gw.global_pool(2048).nr == global_nr + step
+        assert sysfs_int(pool_file(2048, "nr_hugepages")) == start.nr + step
+    assert gw.node_pool(0, 2048) == start
+    assert [nodes for nodes, _ in seen] == [(0,), None] * 4
+    assert all(policies == ({"bind:0"} if nodes else {"default"}) for nodes, policies in seen)
+    assert numa_policies() == {"default"}

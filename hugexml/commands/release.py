@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,4 +40,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
             print(f"kept in the pool (release policy 'keep'): {fmt_pools(result['kept'])}")
         if result["unreleased"]:
             print(f"still in use, given back later: {fmt_pools(result['unreleased'])}")
-    return 0 if result["guest"] is not None else 1
+    if result["guest"] is None:  # exit 1 always says why, on stderr, in one line
+        print(f"hugexml release: {shown}: no claim to release", file=sys.stderr)
+        return 1
+    return 0

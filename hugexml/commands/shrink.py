@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,6 +37,12 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         print_json(result)
     else:
         print(f"removed: {fmt_pools(result['removed'])}")
-        if removed < count:
-            print(f"{count - removed} of {count} pages were not free, or guests need them")
-    return 0 if removed == count else 1
+    if removed == count:
+        return 0
+    # exit 1 always says why, on stderr, in one line (with --json too)
+    from hugexml.units import format_kib
+
+    where = "" if node is None else f" on node {node}"
+    print(f"hugexml shrink: {count - removed} of {count} x {format_kib(size_kib)} pages{where} "
+          "were not removed: not free, reserved, or needed by guests", file=sys.stderr)
+    return 1

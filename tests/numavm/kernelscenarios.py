@@ -9,6 +9,7 @@ hugepage lines, MemFree per node) and compared as a change from the scenario's s
 Steps:
   ("node", NODE, SIZE, COUNT)       write a node's nr_hugepages
   ("global", SIZE, COUNT)           write the global nr_hugepages
+  ("bound", NODE, SIZE, COUNT)      write nr_hugepages_mempolicy bound to NODE (MPOL_BIND)
   ("use", NODE, SIZE, PAGES, TAG)   a guest faults PAGES on NODE (a hugetlbfs file)
   ("unuse", TAG)                    it unmaps and deletes the file: the pages are freed
   ("reserve", SIZE, PAGES, TAG)     a mapping reserves PAGES without touching them
@@ -54,6 +55,18 @@ SCENARIOS: dict[str, list[tuple]] = {
     "node write while another node has surplus": [
         ("node", 1, M2, 10), ("use", 1, M2, 6, "a"), ("node", 1, M2, 2), ("node", 3, M2, 4),
         ("node", 3, M2, 0), ("unuse", "a"), ("node", 1, M2, 0), ("node", 3, M2, 0)],
+    # nr_hugepages_mempolicy: a global persistent target, pages added and freed only on the
+    # bound node (the host gateway's bound writes, hugexml/mempolicy.py)
+    "bound writes change only the bound node": [
+        ("node", 1, M2, 6), ("bound", 3, M2, 10), ("bound", 1, M2, 8), ("bound", 3, M2, 4),
+        ("node", 1, M2, 0)],
+    # surplus pages in use on node 1 keep node 3's free pages (min_count): a bound shrink
+    # turns them into free surplus pages; counted back, node 1 lends its surplus pages as
+    # persistent ones for a moment, node 3 shrinks, node 1 takes them back
+    "bound shrink below another node's surplus": [
+        ("node", 1, M2, 10), ("use", 1, M2, 6, "a"), ("node", 1, M2, 2), ("bound", 3, M2, 6),
+        ("bound", 3, M2, 2), ("bound", 3, M2, 6), ("bound", 1, M2, 10), ("bound", 3, M2, 6),
+        ("bound", 1, M2, 2), ("unuse", "a"), ("node", 1, M2, 0)],
     "short grant, 2M": [("short", 2, M2, 4096), ("node", 2, M2, 0)],
     "short grant, 1G": [("short", 1, G1, 8), ("node", 1, G1, 0)],
 }
@@ -129,6 +142,7 @@ class Driver:
 
     def node(self, node: int, size: int, count: int) -> None: ...
     def glob(self, size: int, count: int) -> None: ...
+    def bound(self, node: int, size: int, count: int) -> None: ...
     def use(self, node: int, size: int, pages: int, tag: str) -> None: ...
     def unuse(self, tag: str) -> None: ...
     def reserve(self, size: int, pages: int, tag: str) -> None: ...
@@ -169,6 +183,13 @@ class FakeDriver(Driver):
 
     def glob(self, size: int, count: int) -> None:
         self._write(f"{GLOBAL}/hugepages-{size}kB/nr_hugepages", count)
+
+    def bound(self, node: int, size: int, count: int) -> None:
+        self.fk.io.set_mempolicy((node,))
+        try:
+            self._write(f"{GLOBAL}/hugepages-{size}kB/nr_hugepages_mempolicy", count)
+        finally:
+            self.fk.io.set_mempolicy(None)
 
     def use(self, node: int, size: int, pages: int, tag: str) -> None:
         self.fk.use(node, size, pages)

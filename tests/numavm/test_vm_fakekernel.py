@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from kernelscenarios import SCENARIOS, Driver, FakeDriver, differences, fake_like, run
-from vmkit import G1, HugeFile, node_meminfo, nodes, pools, restore, write_text
+from vmkit import G1, HugeFile, bound_to, node_meminfo, nodes, pools, restore, write_text
 
 pytestmark = pytest.mark.numavm("runtime")
 # MemFree is not exact on a real kernel: the per-cpu lists keep freed 2M blocks (MemFree does
@@ -30,6 +30,11 @@ class RealDriver(Driver):
 
     def glob(self, size: int, count: int) -> None:
         write_text(f"/sys/kernel/mm/hugepages/hugepages-{size}kB/nr_hugepages", f"{count}\n")
+
+    def bound(self, node: int, size: int, count: int) -> None:
+        with bound_to(node):
+            write_text(f"/sys/kernel/mm/hugepages/hugepages-{size}kB/nr_hugepages_mempolicy",
+                       f"{count}\n")
 
     def use(self, node: int, size: int, pages: int, tag: str) -> None:
         self.held[tag] = HugeFile(size)
