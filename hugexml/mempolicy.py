@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable, Sequence
     from typing import Optional
 
-    from hugexml.host import HostGateway, NodePool
+    from hugexml.host import HostGateway
+    from hugexml.kernel import NodePool
 
 MPOL_DEFAULT = 0
 MPOL_BIND = 2
@@ -124,11 +125,11 @@ def set_node_bound(gw: HostGateway, node: int, size_kib: int, count: int) -> int
 
 def lenders_for(gw: HostGateway, node: int, size_kib: int, pool: NodePool,
                 count: int) -> tuple[dict[int, int], int]:
-    """Who unblocks a shrink of ``node`` (``host.surplus_short``): {other node: surplus
+    """Who unblocks a shrink of ``node`` (``kernel.surplus_short``): {other node: surplus
     pages it counts as persistent meanwhile}, from nodes whose surplus pages are all in use
     (a node with free pages would lose them on the way back), and the pages nobody can
     unblock."""
-    from hugexml.host import surplus_short
+    from hugexml.kernel import surplus_short
 
     short = surplus_short(pool, count, gw.global_pool(size_kib))
     lenders: dict[int, int] = {}

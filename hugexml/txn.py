@@ -53,7 +53,7 @@ def read_view(gateway: Gateway, sizes_kib: Any, memory: bool = True) -> HostView
 def buddy_picture(gateway: Gateway, node: int, size_kib: int) -> str:
     """One line: the node's free blocks of the top orders and the pages buddyinfo predicts."""
     try:
-        from hugexml.host import predict_allocatable
+        from hugexml.kernel import predict_allocatable
 
         zones = gateway.buddyinfo().get(node, {})
     except (HostError, ImportError) as exc:
@@ -76,8 +76,8 @@ def predicted_allocatable(gateway: Gateway, node: int, size_kib: int,
     free buddy blocks (DMA zone left out) when the page fits the largest order; above it (1G
     on x86, where blocks are at most 4M) contiguity is invisible and the answer is the upper
     bound after a perfect compaction, MemFree in whole pages (from_buddyinfo False)."""
-    from hugexml.host import page_order
-    from hugexml.host import predict_allocatable as predict
+    from hugexml.kernel import page_order
+    from hugexml.kernel import predict_allocatable as predict
 
     zones = {z: o for z, o in buddy.get(node, {}).items() if z != "DMA"}
     pages = sum(predict(list(orders), size_kib) for orders in zones.values())

@@ -42,7 +42,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Optional, Union
 
-from hugexml.host import HostGateway, NodePool, SysIO
+from hugexml.host import HostGateway, SysIO
+from hugexml.kernel import NodePool
 from hugexml.root import HostRoot
 
 GIB_KIB = 1024 * 1024

@@ -11,10 +11,10 @@ from fakekernel import GIB_KIB, FakeKernel
 
 from hugexml import mounts as mounts_mod
 from hugexml.errors import HostError, InvalidInput
-from hugexml.host import (
+from hugexml.host import HostGateway
+from hugexml.kernel import (
     MAX_COUNTER,
     GlobalPool,
-    HostGateway,
     NodePool,
     page_order,
     parse_buddyinfo,
