@@ -9,11 +9,10 @@ warning, else 0.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
+from hugexml.checks import FAIL, OK, SKIP, WARN, Check
 from hugexml.errors import HugexmlError
 from hugexml.root import HostRoot
-from hugexml.typed import Typed
 from hugexml.units import format_kib
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
@@ -23,28 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from hugexml.autostart import Guest, Skipped
     from hugexml.config import Config
 
-OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 G1 = 1 << 20
 HOOKS = ("etc/libvirt/hooks/qemu.d/hugexml", "etc/libvirt/hooks/qemu")
-
-
-class Check(Typed, frozen=True):
-    name: str
-    status: str
-    message: str
-    fix: Optional[str] = None
-
-    def line(self) -> str:
-        fix = f" -> {self.fix}" if self.fix else ""
-        return f"{self.status.upper():4} {self.name}: {self.message}{fix}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "message": self.message, "fix": self.fix}
-
-
-def exit_code(checks: Sequence[Check]) -> int:
-    statuses = {c.status for c in checks}
-    return 2 if FAIL in statuses else 1 if WARN in statuses else 0
 
 
 class Doctor:

@@ -15,14 +15,14 @@
 """
 from __future__ import annotations
 
-from hugexml.doctor import FAIL, OK, SKIP, WARN, Check
+from hugexml.checks import FAIL, OK, SKIP, WARN, Check
 from hugexml.units import format_kib
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any, Optional
 
-    from hugexml.doctor import Doctor
+    from hugexml.checks import Context
 
 G1 = 1 << 20
 CMA_TRADE_OFF = (
@@ -34,7 +34,7 @@ CMA_TRADE_OFF = (
     "boot-time 1G pages (hugepages=) while it is set, and it needs CONFIG_CMA")
 
 
-def cmdline_tokens(doctor: Doctor) -> list[str]:
+def cmdline_tokens(doctor: Context) -> list[str]:
     try:
         with open(doctor.root.path("proc/cmdline"), encoding="utf-8", errors="replace") as fh:
             return fh.read(64 * 1024).split()
@@ -42,7 +42,7 @@ def cmdline_tokens(doctor: Doctor) -> list[str]:
         return []
 
 
-def check_default_size(doctor: Doctor) -> Check:
+def check_default_size(doctor: Context) -> Check:
     """The default hugepage size, and the kernel command line's hugepage parameters: a
     ``default_hugepagesz`` the kernel ignored, a ``hugepagesz`` without a count."""
     from hugexml.boot import HUGETLB_KEYS
@@ -71,7 +71,7 @@ def check_default_size(doctor: Doctor) -> Check:
     return Check("default-size", OK, msg)
 
 
-def check_boot_reserve(doctor: Doctor) -> Check:
+def check_boot_reserve(doctor: Context) -> Check:
     """Every node and size has what boot-time reservation asks: ``[boot] reserve`` of the
     config and the kernel command line's ``hugepages=`` (a per-node 1G ask can land on
     another node, or not at all). Persistent pages count, whoever uses them."""
@@ -104,7 +104,7 @@ def check_boot_reserve(doctor: Doctor) -> Check:
 
 
 # --- autostart guests ------------------------------------------------------------------
-def check_autostart(doctor: Doctor) -> list[Check]:
+def check_autostart(doctor: Context) -> list[Check]:
     """One line per autostart guest that would not start now; ok otherwise. The pages are
     judged as ``rewrite --page-size auto`` judges them (``hugexml.supply``: free pages nobody
     reserved or is promised, kept pages, what buddyinfo says the kernel can add within the
@@ -225,7 +225,7 @@ def _fix(short: Optional[str], mount_lines: list[Optional[str]]) -> str:
 
 
 # --- hugetlb_cma --------------------------------------------------------------------------
-def check_hugetlb_cma(doctor: Doctor) -> Check:
+def check_hugetlb_cma(doctor: Context) -> Check:
     """Is a CMA area for 1G pages active (``CmaTotal``/``CmaFree`` of /proc/meminfo and
     ``hugetlb_cma=`` on the command line), and what would it trade."""
     from hugexml.boot import meminfo_kib

@@ -109,7 +109,7 @@ class HostGateway:
         self._numa: Optional[bool] = None
         # Binds this thread's memory policy (a node tuple) or puts it back (None): injected,
         # else the io's own (a fake kernel's), else set_mempolicy(2) only on the real root
-        # (hugexml.mempolicy.policy_setter).
+        # (memory_binder).
         self.mempolicy = mempolicy
 
     def __repr__(self) -> str:
@@ -324,6 +324,30 @@ class HostGateway:
             # surplus pages elsewhere since the read: Linux < 6.7 counted them in
             return self.set_node_nr_bound(node, size_kib, count)
         return nr
+
+    def mempolicy_path(self, size_kib: int) -> str:
+        return self.root.path(f"{GLOBAL_BASE}/hugepages-{_check_size(size_kib)}kB/"
+                              f"{MEMPOLICY_FILE}")
+
+    def write_file(self, path: str, text: str) -> None:
+        """One raw write through the io (``hugexml.mempolicy`` converts its OSError)."""
+        self.io.write_text(path, text)
+
+    def memory_binder(self) -> Optional[Callable[[Optional[tuple[int, ...]]], None]]:
+        """What binds this thread's memory policy for this gateway: the injected setter, else
+        its io's own (a fake kernel emulates the task's policy), else set_mempolicy(2), but
+        only on the real root; None under any other root (a plain SysIO on a fake tree binds
+        nothing)."""
+        if self.mempolicy is not None:
+            return self.mempolicy
+        own = getattr(self.io, "set_mempolicy", None)
+        if own is not None:
+            return own
+        if not self.root.is_real:
+            return None
+        from hugexml.mempolicy import set_thread_policy
+
+        return set_thread_policy
 
     def set_node_nr_bound(self, node: int, size_kib: int, count: int) -> int:
         """``set_node_nr`` through ``nr_hugepages_mempolicy`` with this thread bound to the

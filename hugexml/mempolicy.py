@@ -22,10 +22,21 @@ from hugexml.units import MAX_NODES
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable, Sequence
-    from typing import Optional
+    from typing import Optional, Protocol
 
-    from hugexml.host import HostGateway
-    from hugexml.kernel import NodePool
+    from hugexml.kernel import GlobalPool, NodePool
+
+    Binder = Callable[[Optional[tuple[int, ...]]], None]
+
+    class BoundPools(Protocol):
+        """What a bound pool change needs of the host gateway (``host.HostGateway``)."""
+
+        def nodes(self) -> tuple[int, ...]: ...
+        def node_pool(self, node: int, size_kib: int) -> NodePool: ...
+        def global_pool(self, size_kib: int) -> GlobalPool: ...
+        def mempolicy_path(self, size_kib: int) -> str: ...
+        def write_file(self, path: str, text: str) -> None: ...
+        def memory_binder(self) -> Optional[Binder]: ...
 
 MPOL_DEFAULT = 0
 MPOL_BIND = 2
@@ -81,7 +92,7 @@ def set_thread_policy(nodes: Optional[tuple[int, ...]]) -> None:
 
 
 # --- a node's exact pool change through nr_hugepages_mempolicy --------------------------
-def set_node_bound(gw: HostGateway, node: int, size_kib: int, count: int) -> int:
+def set_node_bound(gw: BoundPools, node: int, size_kib: int, count: int) -> int:
     """Set ``node``'s persistent pool of ``size_kib`` pages to ``count`` through
     ``nr_hugepages_mempolicy`` with this thread bound to the node; the node's ``nr`` read
     back. The count written is the global persistent target: this node's change on top of
@@ -123,7 +134,7 @@ def set_node_bound(gw: HostGateway, node: int, size_kib: int, count: int) -> int
     return gw.node_pool(node, size_kib).nr
 
 
-def lenders_for(gw: HostGateway, node: int, size_kib: int, pool: NodePool,
+def lenders_for(gw: BoundPools, node: int, size_kib: int, pool: NodePool,
                 count: int) -> tuple[dict[int, int], int]:
     """Who unblocks a shrink of ``node`` (``kernel.surplus_short``): {other node: surplus
     pages it counts as persistent meanwhile}, from nodes whose surplus pages are all in use
@@ -141,21 +152,19 @@ def lenders_for(gw: HostGateway, node: int, size_kib: int, pool: NodePool,
     return lenders, short
 
 
-def _bound_write(gw: HostGateway, bound: int, size_kib: int, persistent: int,
+def _bound_write(gw: BoundPools, bound: int, size_kib: int, persistent: int,
                  change: tuple[int, int]) -> None:
     """Set ``bound``'s persistent count to ``persistent``: the global target written to
     nr_hugepages_mempolicy with this thread bound to ``bound``, MPOL_DEFAULT again in a
     ``finally``. ``change`` (node, count) is the pool change this serves, for errors. An
     OSError raises before the kernel changed anything (a refused bind or write)."""
-    from hugexml.host import GLOBAL_BASE, MEMPOLICY_FILE
-
-    path = gw.root.path(f"{GLOBAL_BASE}/hugepages-{size_kib}kB/{MEMPOLICY_FILE}")
+    path = gw.mempolicy_path(size_kib)
     now = gw.node_pool(bound, size_kib).persistent
     pools = gw.global_pool(size_kib)
     target = max(0, pools.nr - pools.surplus + persistent - now)
     what = (f"node {change[0]}, {size_kib} KiB pages, pool to {change[1]}: node {bound} from "
             f"{now} to {persistent} persistent pages (global target {target})")
-    bind = policy_setter(gw)
+    bind = gw.memory_binder()
     if bind is None:
         raise HostError(path=path, reason=f"{what}: no memory policy to bind under a root "
                                           f"other than /")
@@ -166,7 +175,7 @@ def _bound_write(gw: HostGateway, bound: int, size_kib: int, persistent: int,
             raise HostError(path=path, reason=f"{what}: binding the memory policy: "
                             f"{exc.strerror or exc}", errno=exc.errno) from exc
         try:
-            gw.io.write_text(path, f"{target}\n")
+            gw.write_file(path, f"{target}\n")
         except OSError as exc:
             raise HostError(path=path, reason=f"{what}: {exc.strerror or exc}",
                             errno=exc.errno) from exc
@@ -177,16 +186,3 @@ def _bound_write(gw: HostGateway, bound: int, size_kib: int, persistent: int,
             raise HostError(path=path, reason=f"{what}: restoring MPOL_DEFAULT: "
                             f"{exc.strerror or exc}", errno=exc.errno) from exc
     gw.node_pool(bound, size_kib)  # read back (the caller reads what it needs)
-
-
-def policy_setter(gw: HostGateway) -> Optional[Callable[[Optional[tuple[int, ...]]], None]]:
-    """What binds this thread for ``gw``: the gateway's injected setter, else its io's own
-    (a fake kernel emulates the task's policy), else set_mempolicy(2), but only on the real
-    root; None under any other root (a plain SysIO on a fake tree binds nothing)."""
-    injected = getattr(gw, "mempolicy", None)
-    if injected is not None:
-        return injected
-    own = getattr(gw.io, "set_mempolicy", None)
-    if own is not None:
-        return own
-    return set_thread_policy if gw.root.is_real else None

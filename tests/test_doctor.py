@@ -14,8 +14,9 @@ import pytest
 from autostartfix import autostart, domain
 from fakekernel import write_hugetlbfs_mounts
 
+from hugexml.checks import FAIL, OK, SKIP, WARN, Check, exit_code
 from hugexml.daemon import Daemon
-from hugexml.doctor import FAIL, OK, SKIP, WARN, Check, Doctor, exit_code
+from hugexml.doctor import Doctor
 from hugexml.model import Consumer, Plan
 from hugexml.root import HostRoot
 

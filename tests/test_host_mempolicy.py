@@ -217,8 +217,8 @@ def test_no_policy_to_bind_under_a_plain_sysio_on_another_root(tmp_path):
     SysIO says so instead of binding this process."""
     fk, _ = blocked(tmp_path)
     gw = HostGateway(HostRoot(fk.root))             # plain SysIO: no set_mempolicy of its own
-    assert mempolicy.policy_setter(gw) is None
-    assert mempolicy.policy_setter(HostGateway(HostRoot("/"))) is mempolicy.set_thread_policy
+    assert gw.memory_binder() is None
+    assert HostGateway(HostRoot("/")).memory_binder() is mempolicy.set_thread_policy
     with pytest.raises(HostError, match="no memory policy to bind under a root other than /"):
         gw.set_node_nr_bound(3, M2, 0)
 

@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
-    from hugexml.doctor import Doctor, exit_code
+    from hugexml.checks import exit_code
+    from hugexml.doctor import Doctor
 
     checks = Doctor(ctx.root, ctx.state_dir, libvirt_uri=args.connect,
                     config_path=ctx.config_path, config_explicit=ctx.config_explicit).run()
