@@ -6,9 +6,10 @@ hugetlbfs mounts, and put them back afterwards, whatever the test did.
 """
 from __future__ import annotations
 
-import fcntl
 import os
+import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from realhost import (  # noqa: F401  (re-exported for the fixtures below)
@@ -17,6 +18,7 @@ from realhost import (  # noqa: F401  (re-exported for the fixtures below)
     _skip_or_fail,
     hugetlbfs_mounts,
     real_host_unavailable,
+    real_lock,
     snapshot_pools,
 )
 
@@ -31,16 +33,16 @@ def corpus() -> Path:
     return CORPUS
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def real_host_lock():
+    """Held for one module at most (tests/libvirt's daemon lives that long): a test that
+    runs a real-host program in a subprocess (tests/test_bench_smoke.py) must find the lock
+    free once earlier modules are done, or the program waits for its own parent."""
     reason = real_host_unavailable()
     if reason:
         _skip_or_fail(reason)
-    os.makedirs(os.path.dirname(REAL_LOCK), exist_ok=True)
-    with open(REAL_LOCK, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with real_lock():
         yield
-        fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @pytest.fixture
@@ -57,6 +59,26 @@ def real_host(real_host_lock):
             fh.write(pools[path])
     leftover = {p: v for p, v in snapshot_pools().items() if pools.get(p) != v}
     assert not leftover, f"hugepage pools not restored: {leftover}"
+
+
+# No test may hang CI: one stuck test (a lock wait, a pool write, a daemon that never
+# answers) fails with its name, and the rest of the suite runs. Inside the NUMA VM
+# (tests/numavm) the budget is tighter: the VM's whole group has a deadline of its own.
+TEST_TIMEOUT_S = 300 if os.environ.get("HUGEXML_NUMAVM") else 1200
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"{item.nodeid} ran longer than {TEST_TIMEOUT_S} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(TEST_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -20,7 +20,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -106,27 +105,6 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         inner.add(report)
         if report.when == "teardown":
             inner.write()
-
-
-TEST_TIMEOUT_S = 300  # inside: one test stuck (e.g. in a pool write) fails, the rest run
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Any:
-    if not INSIDE:
-        yield
-        return
-
-    def expire(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"{item.nodeid} ran longer than {TEST_TIMEOUT_S} s inside the VM")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(TEST_TIMEOUT_S)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def pytest_collectreport(report: pytest.CollectReport) -> None:
