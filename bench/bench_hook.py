@@ -69,8 +69,8 @@ def restore_host(base: Path) -> Optional[tuple[Path, Path]]:
         return None
     from hugexml.alloc import Allocator
     from hugexml.config import Config
+    from hugexml.domxml import plan_xml
     from hugexml.model import GuestId
-    from hugexml.plan import plan_xml
 
     fk = FakeKernel(str(base / "rroot"), mounts=[("/dev/hugepages", 2048),
                                                  ("/dev/hugepages1G", 1048576)])

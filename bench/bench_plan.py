@@ -25,10 +25,10 @@ sys.path.insert(0, REPO)
 
 from lxml import etree  # noqa: E402
 
-from hugexml.domxml import load_domain  # noqa: E402
+from hugexml.domxml import load_domain, plan_xml  # noqa: E402
 from hugexml.errors import HugexmlError  # noqa: E402
 from hugexml.model import Domain, HostInfo  # noqa: E402
-from hugexml.plan import make_plan, plan_xml  # noqa: E402
+from hugexml.plan import make_plan  # noqa: E402
 
 HOST = HostInfo(default_page_kib=2048, page_sizes_kib=(2048, 1048576), nodes=(0, 1, 2, 3),
                 auto_nodes=(0, 1, 2, 3))

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 from hugexml.errors import HostError, HugexmlError, InvalidInput, LibvirtError
 from hugexml.model import HostInfo, Plan
-from hugexml.supply import HostSupply
+from hugexml.tally import HostSupply
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover

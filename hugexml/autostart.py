@@ -9,7 +9,7 @@ to its definition ``/etc/libvirt/qemu/NAME.xml`` (virDomainObjListLoadConfig). H
   outside the root is refused (a copied host cannot read the real one);
 - the file must be a regular file, opened with ``O_NONBLOCK | O_NOFOLLOW`` (a FIFO or a
   device never blocks the reader) and read at most ``xmlsafe.MAX_XML_BYTES`` + 1 bytes;
-- it is parsed by ``hugexml.plan.plan_xml`` (the safe parser ``hugexml.xmlsafe``: no DTD,
+- it is parsed by ``hugexml.domxml.plan_xml`` (the safe parser ``hugexml.xmlsafe``: no DTD,
   no entities) with the host's description.
 
 A domain that cannot be read or planned is one line (``Skipped``), never fatal; at most
@@ -150,10 +150,10 @@ def read_autostart(root: HostRoot) -> tuple[list[AutostartFile], list[Skipped]]:
 
 
 def plan_autostart(root: HostRoot, host: HostInfo) -> tuple[list[Guest], list[Skipped]]:
-    """The autostart domains planned with the host's description (``plan.plan_xml``): what
+    """The autostart domains planned with the host's description (``domxml.plan_xml``): what
     libvirt would refuse to start, hugexml refuses here too (a ``Skipped`` that is
     ``planned``)."""
-    from hugexml.plan import plan_xml
+    from hugexml.domxml import plan_xml
 
     files, skipped = read_autostart(root)
     guests = []

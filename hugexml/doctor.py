@@ -29,7 +29,7 @@ HOOKS = ("etc/libvirt/hooks/qemu.d/hugexml", "etc/libvirt/hooks/qemu")
 class Doctor:
     """Collaborators are injectable: ``daemons`` (hugexml.daemon.Daemon list), ``gateway``
     (hugexml.host.HostGateway), ``domains`` (list of (name, xml bytes)) or None for libvirt,
-    ``planner`` (hugexml.plan.plan_xml's signature: (xml, host, source) -> Plan)."""
+    ``planner`` (hugexml.domxml.plan_xml's signature: (xml, host, source) -> Plan)."""
 
     def __init__(self, root: HostRoot, state_dir: str, *, daemons: Optional[list[Any]] = None,
                  gateway: Any = None, domains: Optional[list[tuple[str, bytes]]] = None,
@@ -333,7 +333,7 @@ class Doctor:
         if planner is None:
             import importlib
 
-            planner = importlib.import_module("hugexml.plan").plan_xml
+            planner = importlib.import_module("hugexml.domxml").plan_xml
 
         problems = []
         for name, xml in domains:

@@ -118,7 +118,8 @@ def check_autostart(doctor: Context) -> list[Check]:
     from hugexml.fit import Margin
     from hugexml.ledger import Store
     from hugexml.mounts import list_mounts
-    from hugexml.supply import Tally, read_supply
+    from hugexml.supply import read_supply
+    from hugexml.tally import Tally
 
     guests, skipped = doctor.autostart()
     if any(not s.entry for s in skipped):
@@ -189,7 +190,7 @@ def take(tally: Any, plan: Any, size_kib: int, gw: Any, owned: dict[tuple[int, i
     """Take a guest's pages of one size from the tally; None when it fits, else the
     shortfall. A shortfall that free larger pages hugexml owns on those nodes cover (the
     allocator splits them with the demote file) fits: the pages split leave the tally."""
-    from hugexml.supply import Need
+    from hugexml.tally import Need
 
     needs = [Need("", d.pages * size_kib, d.host_nodes, d.policy)
              for d in plan.demand if d.page_size_kib == size_kib and d.pages > 0]

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from hugexml import numaxml, xmlread, xmlsafe
 from hugexml.errors import InvalidDomain, InvalidXML
-from hugexml.model import Domain, MemoryDevice, PageSpec
+from hugexml.model import Domain, HostInfo, MemoryDevice, PageSpec, Plan
 from hugexml.units import UnitError, parse_duration_s
 
 # --- XPaths (declared once) -------------------------------------------------------------
@@ -267,3 +267,10 @@ def _address(address: Any) -> dict[str, Any]:
                                 f"'{xmlread.clip(base)}'. Expected non-negative integer value"
                                 ) from None
     return out
+
+
+def plan_xml(data: bytes, host: Optional[HostInfo], source: str = "<stdin>") -> Plan:
+    """``load_domain`` and ``plan.make_plan``: the domain's demand on this host."""
+    from hugexml.plan import make_plan
+
+    return make_plan(load_domain(data, source), host)

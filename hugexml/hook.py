@@ -33,12 +33,14 @@ import time
 # Not typing.TYPE_CHECKING: importing typing costs ~10% of the no-op path (mypy knows the name).
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Iterable
     from typing import Any, Callable, Optional
 
     from hugexml.alloc import Allocator
     from hugexml.config import Config
     from hugexml.host import HostGateway
     from hugexml.model import GuestId, HostInfo, Plan
+    from hugexml.rewrite import RewriteResult
     from hugexml.root import HostRoot
 
     GatewayFactory = Callable[[HostRoot], HostGateway]
@@ -250,7 +252,7 @@ def _prepare(call: Call) -> int:
     data = call.xml()
     if not mentions_hugepages(data):
         return 0
-    from hugexml.plan import plan_xml
+    from hugexml.domxml import plan_xml
 
     # With a host, the plan itself rejects page sizes and nodes this host lacks.
     plan = plan_xml(data, call.host_info(), f"domain '{call.name}' XML")
@@ -322,7 +324,6 @@ def _filter(call: Call) -> int:
     out = data
     if mentions_hugepages(data):
         from hugexml.daemon import libvirt_visible_sizes
-        from hugexml.refit import refit_for_hook
 
         result = refit_for_hook(data, call.host_info(),
                                 libvirt_visible_sizes(call.root, call.state_dir),
@@ -335,6 +336,24 @@ def _filter(call: Call) -> int:
     call.stdout.write(out)
     call.stdout.flush()
     return 0
+
+
+def refit_for_hook(data: bytes, host: HostInfo, mounted_sizes_kib: Optional[Iterable[int]],
+                   source: str) -> RewriteResult:
+    """The migrate/restore filter as the hook calls it: ``refit_for_host`` with what this
+    host can supply now (``supply.from_env``: the host, state dir and config the environment
+    names). When that cannot be read, sizes are judged as before and a note says so: the
+    supply never makes the filter fail."""
+    from hugexml.refit import refit_for_host
+    from hugexml.supply import from_env
+
+    supply, unknown = from_env()
+    result = refit_for_host(data, host, mounted_sizes_kib, source, supply=supply)
+    if unknown is not None:
+        result.notes.append(unknown)
+    elif result.changed and supply is not None:
+        result.notes.extend(supply.notes)
+    return result
 
 
 # (op, subop) -> (handler, contract)

@@ -30,7 +30,7 @@ class LiveGuest(Typed, frozen=True):
 
 def demand_rows(xml: bytes, host: Any, source: str) -> tuple[DemandRow, ...]:
     """The plan's demand of a live XML; () when it cannot be planned."""
-    from hugexml.plan import plan_xml
+    from hugexml.domxml import plan_xml
 
     try:
         plan = plan_xml(xml, host, source)

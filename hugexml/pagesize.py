@@ -11,7 +11,7 @@ domain has no cells):
 
 ``--page-size`` is a ``PageSizeChoice``: a size in KiB, or a ``Pick``: ``AUTO`` (per target,
 the largest host page size that divides its memory and that the host can supply there now,
-``hugexml.supply``) or ``LARGEST`` (the largest that divides, supply or not).
+``hugexml.tally``) or ``LARGEST`` (the largest that divides, supply or not).
 
 ``current_pages`` reads a domain's page map; ``choose_fitting`` chooses a size for a target
 and the devices that borrow its pages.
@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 
 from hugexml.errors import InvalidInput, UnsupportedPageSize
 from hugexml.model import SYSTEM_PAGE_KIB
-from hugexml.supply import inheriting_devices
+from hugexml.tally import inheriting_devices
 from hugexml.units import format_kib, parse_cli_size_kib
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the hook's filter imports this module
@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from typing import Literal, Optional, Union
 
     from hugexml.model import Domain, HostInfo
-    from hugexml.supply import Need, Tally
+    from hugexml.tally import Need, Tally
 
 CELL_ALIGN_KIB = 1024  # libvirt aligns guest RAM and cells to 1 MiB (x86)
 

@@ -157,9 +157,3 @@ def _demand(consumers: list[Consumer]) -> tuple[DemandItem, ...]:
         pages[key] += c.pages
     return tuple(DemandItem(page_size_kib=k[0], host_nodes=k[1], pages=pages[k],
                             policy=policy[k]) for k in order)
-
-
-def plan_xml(data: bytes, host: Optional[HostInfo], source: str = "<stdin>") -> Plan:
-    from hugexml.domxml import load_domain
-
-    return make_plan(load_domain(data, source), host)

@@ -49,7 +49,7 @@ from hugexml.rewrite import (
     verify,
     write_backing,
 )
-from hugexml.supply import (
+from hugexml.tally import (
     INHERITING_MODELS,
     HostSupply,
     Need,
@@ -261,20 +261,3 @@ def refit_nodemasks(doc: Doc, nodes: frozenset[int], notes: list[str]) -> None:
             doc.splice.remove_element(doc.span(DEVICE_SOURCE(element)[0]))
         else:
             doc.splice.remove_element(doc.span(mask))
-
-
-def refit_for_hook(data: bytes, host: HostInfo, mounted_sizes_kib: Optional[Iterable[int]],
-                   source: str) -> RewriteResult:
-    """The migrate/restore filter as the hook calls it: ``refit_for_host`` with what this
-    host can supply now (``supply.from_env``: the host, state dir and config the environment
-    names). When that cannot be read, sizes are judged as before and a note says so: the
-    supply never makes the filter fail."""
-    from hugexml.supply import from_env
-
-    supply, unknown = from_env()
-    result = refit_for_host(data, host, mounted_sizes_kib, source, supply=supply)
-    if unknown is not None:
-        result.notes.append(unknown)
-    elif result.changed and supply is not None:
-        result.notes.extend(supply.notes)
-    return result

@@ -2,7 +2,7 @@
 
 ``rewrite_xml`` is ``hugexml rewrite``: an explicit page size, ``Pick.AUTO`` (per guest
 cell, the largest host page size that divides the cell's memory and that the host can supply
-there now, ``hugexml.supply``) or ``Pick.LARGEST`` (the largest that divides, supply or not),
+there now, ``hugexml.tally``) or ``Pick.LARGEST`` (the largest that divides, supply or not),
 optionally for some cells only, optionally moving the memory to memfd. The page sizes and the
 choice between them are ``hugexml.pagesize``'s; ``Doc`` and ``write_backing`` are also the
 migrate/restore filter's (``hugexml.refit``).
@@ -31,7 +31,7 @@ from hugexml.pagesize import (
     target_label,
     target_memory_kib,
 )
-from hugexml.supply import INHERITING_MODELS, Tally, device_need, guest_key_of, target_needs
+from hugexml.tally import INHERITING_MODELS, Tally, device_need, guest_key_of, target_needs
 from hugexml.typed import Typed, field
 from hugexml.units import format_nodeset
 from hugexml.xmlsafe import parse_bytes
@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from hugexml.model import Domain, HostInfo
     from hugexml.pagesize import Asked, AskedMap, PageMap, PageSizeChoice
-    from hugexml.supply import HostSupply
+    from hugexml.tally import HostSupply
 
 # --- XPaths (relative to <domain>), declared once ----------------------------------------
 # (typed Any: each selects elements only, a list, which lxml-stubs cannot express)

@@ -211,7 +211,7 @@ def plan_demand(
 ) -> tuple[dict[int, int], dict[int, Optional[tuple[int, ...]]]]:
     """Pages per size the plan demands, and the host nodes per size the guest is strictly
     bound to (None: it may map that size on any node: unbound or 'preferred')."""
-    from hugexml.plan import plan_xml
+    from hugexml.domxml import plan_xml
 
     plan = plan_xml(xml, host, source)
     demand: dict[int, int] = {}

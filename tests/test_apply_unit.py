@@ -326,7 +326,7 @@ def test_a_conflict_with_hugepages_is_refused_unless_resolved(conn, tmp_path, ba
 
 # --- auto and what the host can supply now ----------------------------------------------------
 def one_node_supply(free_1g: int = 0, kept_1g: int = 0):
-    from hugexml.supply import HostSupply, PoolSupply
+    from hugexml.tally import HostSupply, PoolSupply
 
     pools = {(0, 2048): PoolSupply(0, 0, 5000), (0, 1048576): PoolSupply(free_1g, kept_1g, 0, 9)}
     return HostSupply((0,), pools, {0: 32 * 1048576})

@@ -9,8 +9,8 @@ from typing import Any, Optional
 import pytest
 from paths import ACCEPTED_BY_9_0, CORPUS, REFUSED_BY_9_0, corpus_xml
 
+from hugexml.domxml import plan_xml
 from hugexml.model import HostInfo
-from hugexml.plan import plan_xml
 from hugexml.typed import replace
 
 HOST = HostInfo(default_page_kib=2048, page_sizes_kib=(2048, 1048576), nodes=(0, 1, 2, 3),

@@ -71,7 +71,7 @@ class FakeHost:
 
 
 def fake_plan(xml: bytes, host, source: str) -> Plan:
-    """Stand-in for hugexml.plan.plan_xml (the doctor is under test, not the planner): one
+    """Stand-in for hugexml.domxml.plan_xml (the doctor is under test, not the planner): one
     2 GiB consumer of the page size and source the guest() XML below names."""
     m = re.search(rb"<name>([^<]+)</name>.*<page size='([0-9]+)'", xml)
     name, size_kib = m.group(1).decode(), int(m.group(2))
@@ -227,10 +227,10 @@ def test_cmdline_default_size_the_kernel_ignored_warns(host):
 
 
 def test_with_the_real_planner_a_1g_guest_needs_a_1g_mount(host):
-    from hugexml import plan
+    from hugexml import domxml
 
     host.mounts({"/dev/hugepages": "2M"})
-    checks = host.doctor([guest("db1", G1)], planner=plan.plan_xml)
+    checks = host.doctor([guest("db1", G1)], planner=domxml.plan_xml)
     assert checks["mounts"].status == FAIL and checks["guests"].status == FAIL
 
 

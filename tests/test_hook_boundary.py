@@ -29,8 +29,9 @@ EXCEPTIONS = {
 STEPS = [
     "hugexml.hook:Call.xml", "hugexml.hook:Call.has_record", "hugexml.hook:Call.config",
     "hugexml.hook:Call.host_info", "hugexml.hook:Call.allocator", "hugexml.hook:Call.guest",
-    "hugexml.plan:plan_xml", "hugexml.daemon:mount_problems",
-    "hugexml.daemon:libvirt_visible_sizes", "hugexml.refit:refit_for_hook",
+    "hugexml.domxml:plan_xml", "hugexml.daemon:mount_problems",
+    "hugexml.daemon:libvirt_visible_sizes", "hugexml.hook:refit_for_hook",
+    "hugexml.refit:refit_for_host", "hugexml.supply:from_env",
     "hugexml.live:live_guest", "hugexml.config:load_config",
     "hugexml.ledger:Store.lock", "hugexml.ledger:Store.load", "hugexml.ledger:Store.commit",
     "hugexml.ledger:Store.write_journal", "hugexml.ledger:Store.write_guest",

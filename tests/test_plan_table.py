@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+from hugexml.domxml import plan_xml
 from hugexml.errors import InvalidDomain, NoSuchHostNode, UnsupportedPageSize
 from hugexml.model import HostInfo
-from hugexml.plan import plan_xml
 
 HOST = HostInfo(default_page_kib=2048, page_sizes_kib=(2048, 1048576), nodes=(0, 1, 2, 3),
                 auto_nodes=(0, 1, 2, 3))

@@ -296,7 +296,7 @@ def test_a_refit_libvirt_would_refuse_is_not_made() -> None:
 # --- what the host can supply now ------------------------------------------------------------
 from supplyfix import supply_table  # noqa: E402
 
-from hugexml.supply import HostSupply, PoolSupply  # noqa: E402
+from hugexml.tally import HostSupply, PoolSupply  # noqa: E402
 
 GIB = 1048576
 BOTH_MOUNTED = frozenset({M2, G1})
@@ -422,9 +422,9 @@ def test_the_restore_filter_counts_the_kept_pages_of_the_state(tmp_path, monkeyp
 
 
 def test_the_filter_without_a_readable_supply_refits_as_before(monkeypatch, tmp_path) -> None:
-    """The hook's entry (refit.refit_for_hook) reads the supply itself; when it cannot, the
+    """The hook's entry (hook.refit_for_hook) reads the supply itself; when it cannot, the
     refit is today's and a note says so."""
-    from hugexml.refit import refit_for_hook as hook_refit
+    from hugexml.hook import refit_for_hook as hook_refit
 
     monkeypatch.setenv("HUGEXML_ROOT", str(tmp_path / "empty"))
     monkeypatch.setenv("HUGEXML_STATE_DIR", str(tmp_path / "state"))

@@ -18,16 +18,8 @@ from hugexml.alloc import Allocator
 from hugexml.errors import HostError
 from hugexml.fit import Margin
 from hugexml.pagesize import Backing, choose_fitting
-from hugexml.supply import (
-    HostSupply,
-    Need,
-    PoolSupply,
-    Tally,
-    from_env,
-    guest_key_of,
-    host_supply,
-    read_supply,
-)
+from hugexml.supply import from_env, host_supply, read_supply
+from hugexml.tally import HostSupply, Need, PoolSupply, Tally, guest_key_of
 
 SIZES = (M2, G1)
 ROOMY = 64 * GIB  # normal memory above the margin: never the limit unless a case says so

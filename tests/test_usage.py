@@ -283,9 +283,9 @@ def fake_host(tmp_path: Path, monkeypatch):
 
     from hugexml.alloc import Allocator
     from hugexml.commands import _alloc
+    from hugexml.domxml import plan_xml
     from hugexml.hostinfo import read_host_info
     from hugexml.model import GuestId
-    from hugexml.plan import plan_xml
 
     fk = FakeKernel(tmp_path / "root", nodes=2)
     monkeypatch.setattr(_alloc, "MAKE_GATEWAY", lambda root: fk.gateway())

@@ -14,9 +14,9 @@ import pytest
 from rules import RULES, domain
 
 from hugexml import qemuargs
+from hugexml.domxml import plan_xml
 from hugexml.errors import InvalidDomain
 from hugexml.model import HostInfo
-from hugexml.plan import plan_xml
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "libvirt-validation.md"

@@ -47,7 +47,7 @@ def _cell(value: Any, none: str = "-") -> str:
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
-    from hugexml.plan import plan_xml
+    from hugexml.domxml import plan_xml
 
     host = None
     if not args.no_host:

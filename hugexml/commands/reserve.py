@@ -38,10 +38,10 @@ def read_xml(path: str) -> bytes:
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
     from hugexml.commands._alloc import allocator, fmt_pools, print_json
+    from hugexml.domxml import plan_xml
     from hugexml.errors import printable
     from hugexml.hostinfo import read_host_info
     from hugexml.model import GuestId
-    from hugexml.plan import plan_xml
 
     data = read_xml(args.xml)
     plan = plan_xml(data, read_host_info(ctx.root), "<stdin>" if args.xml == "-" else args.xml)

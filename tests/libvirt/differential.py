@@ -1,7 +1,7 @@
 """hugexml against libvirt 9.0 as the oracle: one domain, both sides, what differs.
 
 ``Oracle`` holds one libvirt-python connection (``domainXMLToNative``, ``defineXML``);
-hugexml runs in-process (``plan.plan_xml``, ``qemuargs.from_xml`` with the test bed's
+hugexml runs in-process (``domxml.plan_xml``, ``qemuargs.from_xml`` with the test bed's
 environment, ``rewrite.rewrite_xml``). ``compare`` returns the disagreements of one domain
 as short *kinds* (the same kind for the same cause, so they can be counted).
 
@@ -24,10 +24,10 @@ from typing import Any, Optional
 from lxml import etree
 
 from hugexml import qemuargs, qemurender
+from hugexml.domxml import plan_xml
 from hugexml.errors import HugexmlError, UnsupportedPageSize
 from hugexml.model import HostInfo
 from hugexml.pagesize import Pick
-from hugexml.plan import plan_xml
 from hugexml.rewrite import rewrite_xml
 from hugexml.typed import fields
 

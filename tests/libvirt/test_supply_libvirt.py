@@ -29,7 +29,7 @@ from hugexml.errors import HugexmlError
 from hugexml.pagesize import Pick
 from hugexml.refit import refit_for_host
 from hugexml.rewrite import rewrite_xml
-from hugexml.supply import HostSupply, PoolSupply
+from hugexml.tally import HostSupply, PoolSupply
 
 pytestmark = pytest.mark.libvirt
 
