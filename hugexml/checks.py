@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from hugexml.autostart import Guest, Skipped
     from hugexml.config import Config
+    from hugexml.gateway import Gateway
     from hugexml.model import HostInfo
     from hugexml.root import HostRoot
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
         config_path: Optional[str]
         daemons: list[Any]
 
-        def gateway(self) -> Any: ...
+        def gateway(self) -> Gateway: ...
         def config(self) -> Config: ...
         def autostart(self) -> tuple[list[Guest], list[Skipped]]: ...
 

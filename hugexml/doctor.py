@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from hugexml.autostart import Guest, Skipped
     from hugexml.config import Config
+    from hugexml.gateway import Gateway
 
 G1 = 1 << 20
 HOOKS = ("etc/libvirt/hooks/qemu.d/hugexml", "etc/libvirt/hooks/qemu")
@@ -28,11 +29,13 @@ HOOKS = ("etc/libvirt/hooks/qemu.d/hugexml", "etc/libvirt/hooks/qemu")
 
 class Doctor:
     """Collaborators are injectable: ``daemons`` (hugexml.daemon.Daemon list), ``gateway``
-    (hugexml.host.HostGateway), ``domains`` (list of (name, xml bytes)) or None for libvirt,
-    ``planner`` (hugexml.domxml.plan_xml's signature: (xml, host, source) -> Plan)."""
+    (a ``hugexml.gateway.Gateway``: the HostGateway, or the tests' fake kernel), ``domains``
+    (list of (name, xml bytes)) or None for libvirt, ``planner`` (hugexml.domxml.plan_xml's
+    signature: (xml, host, source) -> Plan)."""
 
     def __init__(self, root: HostRoot, state_dir: str, *, daemons: Optional[list[Any]] = None,
-                 gateway: Any = None, domains: Optional[list[tuple[str, bytes]]] = None,
+                 gateway: Optional[Gateway] = None,
+                 domains: Optional[list[tuple[str, bytes]]] = None,
                  libvirt_uri: str = "qemu:///system", planner: Any = None,
                  config_path: Optional[str] = None, config_explicit: bool = False) -> None:
         from hugexml import daemon as dm
@@ -47,7 +50,7 @@ class Doctor:
         self.file_needs: dict[int, set[str]] = {}   # ... as hugetlbfs files (a mount)
         self._autostart: Optional[tuple[list[Guest], list[Skipped]]] = None
 
-    def gateway(self) -> Any:
+    def gateway(self) -> Gateway:
         if self._gateway is None:
             from hugexml.host import HostGateway
 

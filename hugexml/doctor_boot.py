@@ -20,9 +20,12 @@ from hugexml.units import format_kib
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Any, Optional
+    from typing import Optional
 
     from hugexml.checks import Context
+    from hugexml.gateway import Gateway
+    from hugexml.model import Plan
+    from hugexml.tally import Tally
 
 G1 = 1 << 20
 CMA_TRADE_OFF = (
@@ -185,7 +188,7 @@ def check_autostart(doctor: Context) -> list[Check]:
     return [Check("autostart", OK, "; ".join(parts))]
 
 
-def take(tally: Any, plan: Any, size_kib: int, gw: Any, owned: dict[tuple[int, int], int],
+def take(tally: Tally, plan: Plan, size_kib: int, gw: Gateway, owned: dict[tuple[int, int], int],
          split: list[str]) -> Optional[str]:
     """Take a guest's pages of one size from the tally; None when it fits, else the
     shortfall. A shortfall that free larger pages hugexml owns on those nodes cover (the

@@ -8,6 +8,8 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any, Callable, Optional
 
+    from hugexml.gateway import Gateway
+
 
 def tty_progress(stream: Any = None) -> Optional[Callable[[str], None]]:
     """A progress printer for long allocations, only when stderr is a terminal."""
@@ -40,10 +42,10 @@ def load(ctx: Any) -> Any:
 
 
 # Tests replace this: (HostRoot) -> a HostGateway-like object (a fake kernel).
-MAKE_GATEWAY: Optional[Callable[[Any], Any]] = None
+MAKE_GATEWAY: Optional[Callable[[Any], Gateway]] = None
 
 
-def gateway(ctx: Any) -> Any:
+def gateway(ctx: Any) -> Gateway:
     if MAKE_GATEWAY is not None:
         return MAKE_GATEWAY(ctx.root)
     from hugexml.host import HostGateway
