@@ -6,7 +6,7 @@ shebang, ``-I``) into a temporary directory and executed as libvirt does: argv
 ``NAME OP SUBOP -``, the domain XML on stdin, libvirt's environment. Runs are interleaved
 (every round runs every case once, in a shuffled order) so drift hits all cases alike.
 
-    .venv/bin/python bench/bench_hook.py [--rounds 40] [--python PATH] [--json]
+    .venv/bin/python bench/bench_hook.py [--rounds 40] [--python PATH] [--json] [--check-goal]
 
 Goal (issue 4): the no-op paths <= 1.3x ``python -I -c pass``.
 """
@@ -117,6 +117,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--check-goal", action="store_true",
+                        help="exit 1 when a no-op path is over the goal (for a quiet machine: "
+                        "CI's smoke run prints the ratios and asserts no timing)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="hugexml-bench-") as tmp:
@@ -183,7 +186,7 @@ def main() -> int:
             print(f"  {name:<{width}}  {ratio:5.2f}x{tag}")
     if args.json:
         print(json.dumps(report, indent=2))
-    return 1 if failed else 0
+    return 1 if failed and args.check_goal else 0
 
 
 if __name__ == "__main__":
