@@ -91,8 +91,8 @@ def fake_host() -> Iterator[tuple[Any, Any]]:
 
 @contextmanager
 def real_host() -> Iterator[tuple[Any, Any]]:
-    from hugexml.host import SysIO
-    from hugexml.root import HostRoot
+    from hugexml.core.root import HostRoot
+    from hugexml.host.sysfs import SysIO
 
     root = HostRoot("/")
     if os.geteuid() != 0 or not os.path.exists(root.path(NR_REL)):
@@ -113,11 +113,11 @@ def pick_kernel(choice: str) -> str:
 
 
 def measure(root: Any, io: Any, rounds: int) -> tuple[list[float], list[float]]:
-    from hugexml.alloc import Allocator
-    from hugexml.config import load_config
-    from hugexml.host import HostGateway
-    from hugexml.model import DemandItem, GuestId, Plan
-    from hugexml.typed import replace
+    from hugexml.alloc.allocator import Allocator
+    from hugexml.core.config import load_config
+    from hugexml.core.model import DemandItem, GuestId, Plan
+    from hugexml.core.typed import replace
+    from hugexml.host.sysfs import HostGateway
 
     config = replace(load_config("/nonexistent", False), margin_min_kib=0, margin_percent=0)
     plan = Plan(domain="bench", uuid=None, consumers=(),

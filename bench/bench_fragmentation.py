@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How many runtime 1G pages each step of hugexml's short-grant path wins on this host.
 
-The steps are the ones ``hugexml.txn.PoolTxn`` takes after a short grant (demote serves
+The steps are the ones ``hugexml.alloc.txn.PoolTxn`` takes after a short grant (demote serves
 smaller sizes, not 1G itself): ask, compact the node, compact the whole host, drop the page
 cache and compact again. Each step asks the kernel for ``--want`` 1G pages on the node and
 reports how many more it holds than after the step before. Counts, not times: the ratios
@@ -24,8 +24,8 @@ LOCK = "/run/lock/hugexml-tests.lock"
 
 def main() -> int:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from hugexml.host import HostGateway
-    from hugexml.root import HostRoot
+    from hugexml.core.root import HostRoot
+    from hugexml.host.sysfs import HostGateway
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--node", type=int, default=0)

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hugexml.install import HOOK_BODY, render
+from hugexml.qemuhook.install import HOOK_BODY, render
 
 GOAL = 1.3
 PLAIN = b"""<domain type='kvm'>
@@ -61,21 +61,21 @@ HUGE_1G = PLAIN.replace(b"<memory unit='MiB'>128</memory>", b"<memory unit='GiB'
 def restore_host(base: Path) -> Optional[tuple[Path, Path]]:
     """A two-node fake root with both sizes mounted and a state dir as a busy host has it:
     two 1G pages kept from a guest that stopped, two guests starting (pending claims). The
-    restore filter reads all of it to know what the host can supply (hugexml.supply)."""
+    restore filter reads all of it to know what the host can supply (hugexml.alloc.supply)."""
     try:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         from fakekernel import FakeKernel  # type: ignore[import-not-found]
     except ImportError:
         return None
-    from hugexml.alloc import Allocator
-    from hugexml.config import Config
-    from hugexml.domxml import plan_xml
-    from hugexml.model import GuestId
+    from hugexml.alloc.allocator import Allocator
+    from hugexml.core.config import Config
+    from hugexml.core.model import GuestId
+    from hugexml.xml.domxml import plan_xml
 
     fk = FakeKernel(str(base / "rroot"), mounts=[("/dev/hugepages", 2048),
                                                  ("/dev/hugepages1G", 1048576)])
     state = base / "rstate"
-    host = __import__("hugexml.hostinfo", fromlist=["x"]).read_host_info(fk.host_root)
+    host = __import__("hugexml.host.hostinfo", fromlist=["x"]).read_host_info(fk.host_root)
     alloc = Allocator(fk.gateway(), str(state), Config())
     def guest(xml: bytes, name: str, n: int) -> tuple[Any, GuestId]:
         uuid = f"{n:08x}-9c61-4f0e-8d2b-3c4a5e6f7a81"
@@ -126,7 +126,7 @@ def main() -> int:
         base = Path(tmp)
         hook = base / "hugexml"
         repo = str(Path(__file__).resolve().parents[1])
-        probe = subprocess.run([args.python, "-I", "-c", "import hugexml.hook"],
+        probe = subprocess.run([args.python, "-I", "-c", "import hugexml.qemuhook.dispatch"],
                                capture_output=True, check=False)
         hook.write_text(render(HOOK_BODY, args.python, None if probe.returncode == 0 else repo))
         hook.chmod(0o755)

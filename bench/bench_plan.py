@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark ``hugexml.plan``: planning libvirt's corpus, as a ratio against lxml parsing.
+"""Benchmark ``hugexml.planning.plan``: planning libvirt's corpus, as a ratio against lxml parsing.
 
 Plans every domain XML of the libvirt qemuxmlconf corpus (the .args cases plan, the .err
 cases are rejected: both paths are timed) ``--rounds`` times, interleaved round by round
@@ -25,10 +25,10 @@ sys.path.insert(0, REPO)
 
 from lxml import etree  # noqa: E402
 
-from hugexml.domxml import load_domain, plan_xml  # noqa: E402
-from hugexml.errors import HugexmlError  # noqa: E402
-from hugexml.model import Domain, HostInfo  # noqa: E402
-from hugexml.plan import make_plan  # noqa: E402
+from hugexml.core.errors import HugexmlError  # noqa: E402
+from hugexml.core.model import Domain, HostInfo  # noqa: E402
+from hugexml.planning.plan import make_plan  # noqa: E402
+from hugexml.xml.domxml import load_domain, plan_xml  # noqa: E402
 
 HOST = HostInfo(default_page_kib=2048, page_sizes_kib=(2048, 1048576), nodes=(0, 1, 2, 3),
                 auto_nodes=(0, 1, 2, 3))

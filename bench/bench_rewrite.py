@@ -27,9 +27,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from hugexml.model import HostInfo  # noqa: E402
-from hugexml.pagesize import Pick  # noqa: E402
-from hugexml.rewrite import rewrite_xml  # noqa: E402
+from hugexml.core.model import HostInfo  # noqa: E402
+from hugexml.planning.pagesize import Pick  # noqa: E402
+from hugexml.xml.rewrite import rewrite_xml  # noqa: E402
 
 HOST = HostInfo(default_page_kib=2048, page_sizes_kib=(2048, 1048576), nodes=(0, 1, 2, 3))
 CELL_MIB = (512, 1024, 1536, 2048, 3072, 4096, 1025)

@@ -120,7 +120,7 @@ def main() -> int:
                                     "margin_percent = 0\n")
     hook = work / "hugexml-hook"
     sys.path.insert(0, str(REPO))
-    from hugexml.install import HOOK_BODY, render
+    from hugexml.qemuhook.install import HOOK_BODY, render
 
     hook.write_text(render(HOOK_BODY, python, str(REPO)))
     hook.chmod(0o755)

@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from hugexml.cli import run
+from hugexml.cli.main import run
 
 run()

@@ -15,8 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from allocfix import guest, make_config, plan
 
-from hugexml.alloc import Allocator
-from hugexml.errors import HugexmlError
+from hugexml.alloc.allocator import Allocator
+from hugexml.core.errors import HugexmlError
 
 
 def gateway(kind: str, root: str):
@@ -26,8 +26,8 @@ def gateway(kind: str, root: str):
         return FileSimKernel.open(os.path.join(root, "sim.json"))
     from fakekernel import FakeSysIO
 
-    from hugexml.host import HostGateway
-    from hugexml.root import HostRoot
+    from hugexml.core.root import HostRoot
+    from hugexml.host.sysfs import HostGateway
 
     return HostGateway(HostRoot(root), io=FakeSysIO.from_root(root))
 

@@ -6,8 +6,8 @@ from typing import Any, Optional
 
 import pytest
 
-from hugexml.model import DemandItem, GuestId, Plan
-from hugexml.typed import replace
+from hugexml.core.model import DemandItem, GuestId, Plan
+from hugexml.core.typed import replace
 
 M2 = 2048
 G1 = 1048576
@@ -17,7 +17,7 @@ def make_config(**over: Any) -> Any:
     """The real Config (defaults from load_config) with fields replaced. Without a
     ``keep_for``, no keep window: released pages go back at once, so the allocator's tests
     see pools return to where they were (tests of the keep window pass their own)."""
-    from hugexml.config import load_config
+    from hugexml.core.config import load_config
 
     base = load_config("/nonexistent/hugexml.conf", False)
     over.setdefault("keep_for", ())

@@ -42,9 +42,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Optional, Union
 
-from hugexml.host import HostGateway, SysIO
-from hugexml.kernel import NodePool
-from hugexml.root import HostRoot
+from hugexml.core.root import HostRoot
+from hugexml.host.kernel import NodePool
+from hugexml.host.sysfs import HostGateway, SysIO
 
 GIB_KIB = 1024 * 1024
 META = ".fakekernel"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from hugexml import hook
+from hugexml.qemuhook import dispatch as hook
 
 
 class Unreadable(io.RawIOBase):

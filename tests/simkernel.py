@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Optional
 
-from hugexml.errors import HostError
+from hugexml.core.errors import HostError
 
 GIB = 1048576
 
@@ -312,7 +312,7 @@ def _counting_gateway(host: FakeKernelHost) -> Any:
     """The real HostGateway over the fake's SysIO, with SimKernel's kill -9 / failure hooks:
     every public call first asks ``host._call()`` (which may raise), then runs the real code
     (paths, parsing, the write, the read-back)."""
-    from hugexml.host import HostGateway
+    from hugexml.host.sysfs import HostGateway
 
     class CountingGateway(HostGateway):
         def node_pool(self, node: int, size_kib: int) -> Any:
@@ -364,7 +364,7 @@ def _counting_gateway(host: FakeKernelHost) -> Any:
 
 class FakeKernelHost(SimKernel):
     """SimKernel's test controls over tests/fakekernel.py; the allocator gets ``gw``: the real
-    ``hugexml.host.HostGateway`` reading and writing the fake sysfs tree.
+    ``hugexml.host.sysfs.HostGateway`` reading and writing the fake sysfs tree.
 
     Differences that are the kernel's, kept on purpose: ``resv`` is global per size (as
     ``resv_hugepages``), a shrink never goes below the host-wide in-use + reserved count.

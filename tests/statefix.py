@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from hugexml.ledger import Store
-from hugexml.records import pool_key
+from hugexml.alloc.ledger import Store
+from hugexml.planning.records import pool_key
 
 
 def snapshot(state_dir: Any) -> dict[str, Any]:

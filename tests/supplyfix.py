@@ -6,8 +6,8 @@ from typing import Any, Optional
 
 from allocfix import G1, M2, guest, make_config, plan
 
-from hugexml.alloc import Allocator
-from hugexml.tally import HostSupply, PoolSupply
+from hugexml.alloc.allocator import Allocator
+from hugexml.planning.tally import HostSupply, PoolSupply
 
 KEEP_1G = ((G1, 600.0), (M2, 0.0))  # the default keep window: 1G=10m 2M=0
 

@@ -10,8 +10,9 @@ from allocfix import G1, M2, guest, make_config, plan
 from simkernel import GIB, Crash, make_kernel
 from statefix import quarantined, snapshot
 
-from hugexml.alloc import Allocator
-from hugexml.errors import (
+from hugexml.alloc.allocator import Allocator
+from hugexml.alloc.ledger import Store
+from hugexml.core.errors import (
     HostError,
     InsufficientPages,
     LockTimeout,
@@ -19,7 +20,6 @@ from hugexml.errors import (
     NoSuchHostNode,
     PoolShort,
 )
-from hugexml.ledger import Store
 
 
 class Clock:
@@ -490,7 +490,7 @@ def test_a_start_waiting_behind_a_slow_grow_outlasts_it_with_the_default_ratio(t
 
     from fakekernel import FakeKernel
 
-    from hugexml.config import Config
+    from hugexml.core.config import Config
 
     fk = FakeKernel(tmp_path / "root", nodes=1, mem_kib_per_node=64 * GIB)
     fk.set_grant_delay(G1, 0.12)  # 4 pages: ~0.5 s in one write, beyond timeout_s

@@ -1,7 +1,7 @@
 """The allocator's commands: status, allocate, shrink, reserve, release, reconcile.
 
 Each command module runs as the CLI runs it (``add_arguments`` then ``run(args, ctx)``) on a
-simulated 2-node kernel injected through ``hugexml.commands._alloc.MAKE_GATEWAY``: the
+simulated 2-node kernel injected through ``hugexml.cli._alloc.MAKE_GATEWAY``: the
 in-memory SimKernel, and the sysfs-tree FakeKernel under the command's ``--root`` read and
 written by the real HostGateway.
 """
@@ -16,9 +16,9 @@ import pytest
 from allocfix import M2, make_config
 from simkernel import make_kernel
 
-from hugexml.commands import _alloc
-from hugexml.errors import InvalidInput
-from hugexml.root import HostRoot
+from hugexml.cli import _alloc
+from hugexml.core.errors import InvalidInput
+from hugexml.core.root import HostRoot
 
 
 class Ctx:
@@ -43,7 +43,7 @@ def kernel(request, monkeypatch, tmp_path):
 
 
 def run(command, argv, tmp_path, capsys):
-    module = importlib.import_module(f"hugexml.commands.{command}")
+    module = importlib.import_module(f"hugexml.cli.{command}")
     parser = argparse.ArgumentParser()
     module.add_arguments(parser)
     code = module.run(parser.parse_args(argv), Ctx(tmp_path))
@@ -85,7 +85,7 @@ def test_allocate_dry_run_writes_nothing_on_the_host(kernel, tmp_path, capsys):
 
 def cli(argv, tmp_path, capsys):
     """The whole command line, as a user runs it: (exit code, stdout, stderr)."""
-    from hugexml.cli import main
+    from hugexml.cli.main import main
 
     code = main(["--root", str(tmp_path / "root"), "--state-dir", str(tmp_path / "state"),
                  "--config", str(tmp_path / "none.conf"), *argv])
@@ -155,8 +155,8 @@ def test_bad_arguments_are_one_line_errors(kernel, tmp_path, capsys, argv, words
 
 
 def test_status_shows_pools_guests_and_json(kernel, tmp_path, capsys):
-    from hugexml.alloc import Allocator
-    from hugexml.model import DemandItem, GuestId, Plan
+    from hugexml.alloc.allocator import Allocator
+    from hugexml.core.model import DemandItem, GuestId, Plan
 
     alloc = Allocator(kernel.gw, str(tmp_path / "state"), make_config())
     alloc.reserve(Plan("vm1", None, (), (DemandItem(M2, (1,), 5, "strict"),)), GuestId("vm1"))
@@ -192,8 +192,8 @@ def test_release_unknown_and_known(kernel, tmp_path, capsys):
     code, out, err = cli(["release", "ghost"], tmp_path, capsys)
     assert code == 1 and "ghost: no claim" in out
     assert err == "hugexml release: ghost: no claim to release\n"  # exit 1 says why
-    from hugexml.alloc import Allocator
-    from hugexml.model import DemandItem, GuestId, Plan
+    from hugexml.alloc.allocator import Allocator
+    from hugexml.core.model import DemandItem, GuestId, Plan
 
     alloc = Allocator(kernel.gw, str(tmp_path / "state"), make_config())
     alloc.reserve(Plan("vm1", None, (), (DemandItem(M2, (0,), 3, "strict"),)), GuestId("vm1"))
@@ -224,8 +224,8 @@ def test_reserve_command_plans_and_claims(kernel, tmp_path, capsys):
 def test_status_table_reads_at_a_glance(kernel, tmp_path, capsys):
     """One row per node and size: claimed as starting+running, kept with the time left,
     added by hugexml, the admin's own pages; a running guest's claim is not 0."""
-    from hugexml.alloc import Allocator
-    from hugexml.model import DemandItem, GuestId, Plan
+    from hugexml.alloc.allocator import Allocator
+    from hugexml.core.model import DemandItem, GuestId, Plan
 
     G1 = 1048576
     kernel.set(0, M2, persistent=4)                           # the admin's
@@ -238,7 +238,7 @@ def test_status_table_reads_at_a_glance(kernel, tmp_path, capsys):
     alloc.reserve(Plan("new", None, (), (DemandItem(M2, (0,), 3, "strict"),)), GuestId("new"))
     alloc.reserve(Plan("big", None, (), (DemandItem(G1, (1,), 2, "strict"),)), GuestId("big"))
     alloc.release(GuestId("big"))
-    from hugexml.commands import status as status_cmd
+    from hugexml.cli import status as status_cmd
 
     status = status_cmd.collect_status(Ctx(tmp_path))
     lines = status_cmd.render(status, now=clock[0] + 60)

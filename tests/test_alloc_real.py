@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 from allocfix import G1, M2, guest, make_config, plan, skip_or_fail
 
-from hugexml.alloc import Allocator
-from hugexml.errors import PoolShort
-from hugexml.root import HostRoot
+from hugexml.alloc.allocator import Allocator
+from hugexml.core.errors import PoolShort
+from hugexml.core.root import HostRoot
 
 pytestmark = pytest.mark.realkernel
 
@@ -32,7 +32,7 @@ def write_nr(size_kib: int, count: int) -> int:
 
 
 def allocator(tmp_path, **config) -> Allocator:
-    from hugexml.host import HostGateway
+    from hugexml.host.sysfs import HostGateway
 
     settings = dict(margin_min_kib=256 * 1024, margin_percent=0, retries=2, timeout_s=20)
     return Allocator(HostGateway(HostRoot("/")), str(tmp_path / "state"),

@@ -47,8 +47,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from simkernel import GIB, Crash, make_kernel
 from statefix import snapshot
 
-from hugexml.alloc import Allocator
-from hugexml.errors import HugexmlError
+from hugexml.alloc.allocator import Allocator
+from hugexml.core.errors import HugexmlError
 
 NODES = 3
 GUESTS = ("g0", "g1", "g2", "g3")

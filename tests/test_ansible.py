@@ -185,7 +185,7 @@ def test_role_check_real_and_idempotent_runs(host_as_found, sdist, tmp_path):
     assert counts["changed"] == 7, changed_tasks(out)
     hugexml = tmp_path / "venv" / "bin" / "hugexml"
     assert hugexml.exists()
-    from hugexml.config import Config, load_config
+    from hugexml.core.config import Config, load_config
 
     assert load_config("/etc/hugexml/hugexml.conf", explicit=True) == Config()
     hook = Path("/etc/libvirt/hooks/qemu.d/hugexml").read_text().splitlines()[0]
@@ -210,10 +210,10 @@ def test_role_check_real_and_idempotent_runs(host_as_found, sdist, tmp_path):
 
 
 def test_role_defaults_hold_every_config_key():
-    """hugexml_config's defaults name every key hugexml.config knows, with its default."""
+    """hugexml_config's defaults name every key hugexml.core.config knows, with its default."""
     import yaml
 
-    from hugexml.config import _KEYS, Config, parse_config
+    from hugexml.core.config import _KEYS, Config, parse_config
 
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())["hugexml_config"]
     assert {(s, k) for s, keys in defaults.items() for k in keys} == set(_KEYS)

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from hugexml import apply as ap
-from hugexml.cli import main as cli_main
-from hugexml.errors import LibvirtError
-from hugexml.model import HostInfo
-from hugexml.pagesize import Pick
+from hugexml.cli.main import main as cli_main
+from hugexml.core.errors import LibvirtError
+from hugexml.core.model import HostInfo
+from hugexml.ops import apply as ap
+from hugexml.planning.pagesize import Pick
 
 HOST = HostInfo(default_page_kib=2048, page_sizes_kib=(2048, 1048576), nodes=(0,))
 
@@ -259,7 +259,7 @@ def fake_host_root(tmp_path: Path) -> Path:
 
 
 def run_cli(monkeypatch, conn: FakeConn, root: Path, *args: str) -> int:
-    import hugexml.commands.apply as cmd
+    import hugexml.cli.apply as cmd
 
     monkeypatch.setattr(cmd, "CONNECT", lambda uri: (conn, FakeError))
     return cli_main(["--root", str(root), "apply", *args])
@@ -326,7 +326,7 @@ def test_a_conflict_with_hugepages_is_refused_unless_resolved(conn, tmp_path, ba
 
 # --- auto and what the host can supply now ----------------------------------------------------
 def one_node_supply(free_1g: int = 0, kept_1g: int = 0):
-    from hugexml.tally import HostSupply, PoolSupply
+    from hugexml.planning.tally import HostSupply, PoolSupply
 
     pools = {(0, 2048): PoolSupply(0, 0, 5000), (0, 1048576): PoolSupply(free_1g, kept_1g, 0, 9)}
     return HostSupply((0,), pools, {0: 32 * 1048576})
@@ -368,7 +368,7 @@ def test_cli_apply_auto_reads_the_state_dir(monkeypatch, capsys, conn, tmp_path)
     conn.add("vm2", kib=2 * 1048576)
 
     def apply(name: str) -> dict:
-        import hugexml.commands.apply as cmd
+        import hugexml.cli.apply as cmd
 
         monkeypatch.setattr(cmd, "CONNECT", lambda uri: (conn, FakeError))
         code = cli_main(["--root", kernel.fk.root, "--state-dir", str(state), "--config",

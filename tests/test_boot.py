@@ -14,9 +14,9 @@ from autostartfix import autostart, domain
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hugexml import boot, grub
-from hugexml.errors import HostError, InvalidInput
-from hugexml.root import HostRoot
+from hugexml.core.errors import HostError, InvalidInput
+from hugexml.core.root import HostRoot
+from hugexml.system import boot, grub
 
 M2, G1 = 2048, 1048576
 
@@ -158,7 +158,7 @@ def fake_allocator(tmp_path, state="state", **config):
     from allocfix import make_config
     from fakekernel import FakeKernel
 
-    from hugexml.alloc import Allocator
+    from hugexml.alloc.allocator import Allocator
 
     kernel = FakeKernel(tmp_path / "root", nodes=2)
     return kernel, Allocator(kernel.gateway(), str(tmp_path / state), make_config(**config))
@@ -217,7 +217,7 @@ def test_apply_runtime_dry_run_writes_nothing(tmp_path):
 
 
 def test_command_apply_runtime_reads_the_config_and_tops_up(tmp_path, monkeypatch, capsys):
-    from hugexml.commands import _alloc
+    from hugexml.cli import _alloc
 
     kernel, _ = fake_allocator(tmp_path)
     kernel.preset(0, M2, 512)
@@ -236,8 +236,8 @@ def test_command_apply_runtime_reads_the_config_and_tops_up(tmp_path, monkeypatc
 
 
 def run_command(argv, root, config=None, state="/nonexistent-state"):
-    from hugexml.cli import Context
-    from hugexml.commands import boot as cmd
+    from hugexml.cli import boot as cmd
+    from hugexml.cli.main import Context
 
     p = argparse.ArgumentParser()
     cmd.add_arguments(p)
@@ -431,7 +431,7 @@ def test_from_guests_text_output_and_nothing_to_reserve(tmp_path, capsys):
      r"15360 above the nodes' floors after the guests before it"),
 ])
 def test_from_guests_refuses_in_one_line_what_cannot_fit(tmp_path, guests, match, capsys):
-    from hugexml.cli import main
+    from hugexml.cli.main import main
 
     base = guests_root(tmp_path)
     for name, xml in guests:
@@ -553,7 +553,7 @@ def test_a_hostile_autostart_entry_is_one_line_and_skipped(kind, line, tmp_path,
     ("1G:3@1", None, {(1, G1): 3}, "1G:3@1", None),
 ])
 def test_cmdline_split_keeps_only_what_the_kernel_honours(specs, kernel, spare, cmdline, note):
-    from hugexml.bootplan import cmdline_split
+    from hugexml.system.bootplan import cmdline_split
 
     parsed = sorted(boot.parse_specs([specs]), key=lambda s: (-s.size_kib, s.node or 0))
     on, notes = cmdline_split(parsed, kernel, spare)
@@ -576,7 +576,7 @@ GIB = 1 << 20
     ("2M:9000", {0: 32 * GIB}, (6, 1), True, None),
 ])
 def test_hugetlb_cma_is_offered_for_1g_heavy_reservations(specs, totals, kernel, cma, param):
-    from hugexml.bootplan import cma_suggestion
+    from hugexml.system.bootplan import cma_suggestion
 
     found = cma_suggestion(boot.parse_specs([specs]), totals, kernel, cma)
     assert (found and found["param"]) == param
@@ -631,8 +631,8 @@ SET_KEY = {
 
 @pytest.mark.parametrize("case", list(SET_KEY))
 def test_set_key_changes_that_key_and_no_other_byte(case):
-    from hugexml.confedit import set_key
-    from hugexml.config import parse_config
+    from hugexml.core.confedit import set_key
+    from hugexml.core.config import parse_config
 
     text, expect = SET_KEY[case]
     assert set_key(text, "boot", "reserve", V) == expect
@@ -641,8 +641,8 @@ def test_set_key_changes_that_key_and_no_other_byte(case):
 
 
 def test_the_shipped_config_gets_its_key_after_the_template_line():
-    from hugexml.confedit import set_key
-    from hugexml.config import DEFAULT_CONFIG_TEXT, parse_config
+    from hugexml.core.confedit import set_key
+    from hugexml.core.config import DEFAULT_CONFIG_TEXT, parse_config
 
     new = set_key(DEFAULT_CONFIG_TEXT, "boot", "reserve", V)
     assert new.replace(f"#reserve =\nreserve = {V}\n", "#reserve =\n") == DEFAULT_CONFIG_TEXT
@@ -650,8 +650,8 @@ def test_the_shipped_config_gets_its_key_after_the_template_line():
 
 
 def test_write_key_backs_up_keeps_the_mode_and_refuses_a_bad_file(tmp_path):
-    from hugexml.confedit import write_key
-    from hugexml.errors import ConfigError
+    from hugexml.core.confedit import write_key
+    from hugexml.core.errors import ConfigError
 
     conf = tmp_path / "hugexml.conf"
     old = "# admin's notes\n[release]\nkeep_for = 1G=1h  # long\n"
@@ -698,8 +698,8 @@ def test_a_plan_from_the_guests_once_booted_is_what_doctor_checks(tmp_path, caps
     service's top-up of what it could not carry, the check is ok."""
     from fakekernel import FakeKernel
 
-    from hugexml.commands import _alloc
-    from hugexml.doctor import Doctor
+    from hugexml.cli import _alloc
+    from hugexml.system.doctor import Doctor
 
     base = guests_root(tmp_path, mem_kib=(16 << 20, 4 << 20), used_kib_per_node=0,
                        osrelease="6.1.0")
@@ -767,8 +767,8 @@ def config_texts(draw: Any) -> list[str]:
 def test_set_key_keeps_every_other_line_in_order(lines):
     """Whatever the file looks like, hugexml reads the new value back, and every line that
     is not the key's own (or its continuation) is still there, in order."""
-    from hugexml.confedit import set_key
-    from hugexml.config import parse_config
+    from hugexml.core.confedit import set_key
+    from hugexml.core.config import parse_config
 
     text = "".join(lines)
     parse_config(text)                       # the strategy makes only valid files
@@ -782,7 +782,7 @@ def test_set_key_keeps_every_other_line_in_order(lines):
 
 
 def test_from_guests_an_unreadable_autostart_directory_is_an_error(tmp_path, capsys):
-    from hugexml.errors import HostError
+    from hugexml.core.errors import HostError
 
     base = guests_root(tmp_path)
     (base / "etc/libvirt/qemu/autostart").rmdir()

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from simkernel import GIB, FileSimKernel
 
-from hugexml.ledger import Store
-from hugexml.records import PoolBook
+from hugexml.alloc.ledger import Store
+from hugexml.planning.records import PoolBook
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "alloc_worker.py"
@@ -33,8 +33,8 @@ def _make_host(kind: str, root: Path):
         return lambda: FileSimKernel.open(str(root / "sim.json"))
     from fakekernel import FakeKernel, FakeSysIO
 
-    from hugexml.host import HostGateway
-    from hugexml.root import HostRoot
+    from hugexml.core.root import HostRoot
+    from hugexml.host.sysfs import HostGateway
 
     FakeKernel(root, nodes=NODES, sizes_kib=(2048,), mem_kib_per_node=64 * GIB)
     return lambda: HostGateway(HostRoot(str(root)), io=FakeSysIO.from_root(str(root)))

@@ -1,4 +1,4 @@
-"""hugexml/config.py: defaults, every key, bad values, unknown names, files."""
+"""hugexml/core/config.py: defaults, every key, bad values, unknown names, files."""
 from __future__ import annotations
 
 import os
@@ -6,9 +6,15 @@ import re
 
 import pytest
 
-from hugexml.config import DEFAULT_CONFIG_TEXT, MAX_CONFIG_BYTES, Config, load_config, parse_config
-from hugexml.errors import ConfigError
-from hugexml.typed import fields
+from hugexml.core.config import (
+    DEFAULT_CONFIG_TEXT,
+    MAX_CONFIG_BYTES,
+    Config,
+    load_config,
+    parse_config,
+)
+from hugexml.core.errors import ConfigError
+from hugexml.core.typed import fields
 
 GIB_KIB = 1024 * 1024
 

@@ -9,9 +9,9 @@ from typing import Any, Optional
 import pytest
 from paths import ACCEPTED_BY_9_0, CORPUS, REFUSED_BY_9_0, corpus_xml
 
-from hugexml.domxml import plan_xml
-from hugexml.model import HostInfo
-from hugexml.typed import replace
+from hugexml.core.model import HostInfo
+from hugexml.core.typed import replace
+from hugexml.xml.domxml import plan_xml
 
 HOST = HostInfo(default_page_kib=2048, page_sizes_kib=(2048, 1048576), nodes=(0, 1, 2, 3),
                 auto_nodes=(0, 1, 2, 3))
@@ -136,7 +136,7 @@ REFUSED = [p for p in ERRS if p.name.split(".")[0] not in ACCEPTED_BY_9_0]
 
 @pytest.mark.parametrize("err_path", REFUSED, ids=[p.name.split(".")[0] for p in REFUSED])
 def test_err_case(err_path: Path) -> None:
-    from hugexml.errors import InvalidDomain
+    from hugexml.core.errors import InvalidDomain
 
     name = err_path.name.split(".")[0]
     xml = CORPUS / (name + ".xml")
@@ -159,7 +159,7 @@ def test_err_case_libvirt_9_0_accepts_is_accepted(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(REFUSED_BY_9_0))
 def test_args_case_libvirt_9_0_refuses_is_refused(name: str) -> None:
-    from hugexml.errors import InvalidDomain
+    from hugexml.core.errors import InvalidDomain
 
     with pytest.raises(InvalidDomain) as info:
         plan_xml((CORPUS / (name + ".xml")).read_bytes(), HOST, name)
@@ -176,7 +176,7 @@ VERBATIM = ["cpu-numa3", "hugepages-memaccess-invalid", "memory-align-fail",
 
 @pytest.mark.parametrize("name", VERBATIM)
 def test_err_message_is_libvirts(name: str) -> None:
-    from hugexml.errors import InvalidDomain
+    from hugexml.core.errors import InvalidDomain
 
     err = next(CORPUS.glob(name + ".*.err")).read_text().strip()
     reason = err.split(": ", 1)[1] if err.startswith(("XML error: ", "unsupported ")) else err

@@ -1,4 +1,4 @@
-"""hugexml.daemon: qemu.conf, daemon discovery, and which mounts the running daemon sees."""
+"""hugexml.system.daemon: qemu.conf, daemon discovery, and which mounts the running daemon sees."""
 from __future__ import annotations
 
 import json
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from fakekernel import write_hugetlbfs_mounts
 
-from hugexml import daemon as dm
-from hugexml.errors import ConfigError
-from hugexml.mounts import list_mounts
-from hugexml.root import HostRoot
+from hugexml.core.errors import ConfigError
+from hugexml.core.root import HostRoot
+from hugexml.system import daemon as dm
+from hugexml.system.mounts import list_mounts
 
 M2, G1 = 2048, 1048576
 BTIME = 1_700_000_000
@@ -189,7 +189,7 @@ def test_the_hooks_no_op_path_does_not_import_psutil(host):
 
     host.mounts({"/dev/hugepages1G": "1G"})
     host.process(5, "libvirtd", BTIME + 1)
-    code = ("import sys; from hugexml.root import HostRoot; from hugexml.daemon import "
+    code = ("import sys; from hugexml.core.root import HostRoot; from hugexml.system.daemon import "
             f"mount_problems; r = mount_problems(HostRoot({str(host.base)!r}), '/nonexistent', "
             f"[{G1}]); assert 'psutil' not in sys.modules and 'lxml' not in sys.modules; "
             "print(r[1048576])")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from allocfix import G1, M2, guest, make_config, plan, skip_or_fail
 
-from hugexml.alloc import Allocator
-from hugexml.errors import MarginViolation
-from hugexml.host import HostGateway
-from hugexml.root import HostRoot
+from hugexml.alloc.allocator import Allocator
+from hugexml.core.errors import MarginViolation
+from hugexml.core.root import HostRoot
+from hugexml.host.sysfs import HostGateway
 
 pytestmark = pytest.mark.realkernel
 

@@ -14,11 +14,11 @@ import pytest
 from autostartfix import autostart, domain
 from fakekernel import write_hugetlbfs_mounts
 
-from hugexml.checks import FAIL, OK, SKIP, WARN, Check, exit_code
-from hugexml.daemon import Daemon
-from hugexml.doctor import Doctor
-from hugexml.model import Consumer, Plan
-from hugexml.root import HostRoot
+from hugexml.core.model import Consumer, Plan
+from hugexml.core.root import HostRoot
+from hugexml.system.checks import FAIL, OK, SKIP, WARN, Check, exit_code
+from hugexml.system.daemon import Daemon
+from hugexml.system.doctor import Doctor
 
 sys.path.insert(0, str(Path(__file__).parent))
 from simkernel import SimKernel
@@ -58,7 +58,7 @@ class FakeHost:
     def install_hook(self, mode: int = 0o755) -> Path:
         hook = self.base / "etc/libvirt/hooks/qemu.d/hugexml"
         hook.parent.mkdir(parents=True, exist_ok=True)
-        hook.write_text("#!/usr/bin/python3 -I\nfrom hugexml.hook import main\n")
+        hook.write_text("#!/usr/bin/python3 -I\nfrom hugexml.qemuhook.dispatch import main\n")
         hook.chmod(mode)
         return hook
 
@@ -71,7 +71,7 @@ class FakeHost:
 
 
 def fake_plan(xml: bytes, host, source: str) -> Plan:
-    """Stand-in for hugexml.domxml.plan_xml (the doctor is under test, not the planner): one
+    """Stand-in for hugexml.xml.domxml.plan_xml (the doctor is under test, not the planner): one
     2 GiB consumer of the page size and source the guest() XML below names."""
     m = re.search(rb"<name>([^<]+)</name>.*<page size='([0-9]+)'", xml)
     name, size_kib = m.group(1).decode(), int(m.group(2))
@@ -227,7 +227,7 @@ def test_cmdline_default_size_the_kernel_ignored_warns(host):
 
 
 def test_with_the_real_planner_a_1g_guest_needs_a_1g_mount(host):
-    from hugexml import domxml
+    from hugexml.xml import domxml
 
     host.mounts({"/dev/hugepages": "2M"})
     checks = host.doctor([guest("db1", G1)], planner=domxml.plan_xml)
@@ -258,8 +258,8 @@ def test_guests_check_skips_without_libvirt(host, monkeypatch):
 
 
 def test_doctor_command_json_has_every_check_and_the_exit_code(host, capsys, monkeypatch):
-    from hugexml.cli import Context
-    from hugexml.commands import doctor as cmd
+    from hugexml.cli import doctor as cmd
+    from hugexml.cli.main import Context
 
     monkeypatch.setitem(sys.modules, "libvirt", None)
     host.mounts({"/dev/hugepages": "2M"})
@@ -339,13 +339,13 @@ class AutostartHost:
                       config_explicit=True)
 
     def lines(self) -> list[tuple[str, str]]:
-        from hugexml.doctor_boot import check_autostart
+        from hugexml.system.doctor_boot import check_autostart
 
         return [(c.status, c.message) for c in check_autostart(self.doctor())]
 
     def allocator(self) -> Any:
-        from hugexml.alloc import Allocator
-        from hugexml.config import load_config
+        from hugexml.alloc.allocator import Allocator
+        from hugexml.core.config import load_config
 
         return Allocator(self.kernel.gateway(), self.state, load_config(str(self.conf), True))
 
@@ -520,7 +520,7 @@ def test_hugetlb_cma_informs_and_never_warns_by_default(host, meminfo, cmdline, 
 
 
 def test_hugetlb_cma_points_at_the_boot_plan_when_autostart_guests_need_1g(tmp_path):
-    from hugexml.doctor_boot import check_hugetlb_cma
+    from hugexml.system.doctor_boot import check_hugetlb_cma
 
     h = AutostartHost(tmp_path)
     _1g_none_free(h)

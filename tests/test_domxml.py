@@ -1,11 +1,11 @@
-"""hugexml.domxml: what a domain XML says, read into the model (no plan, no host)."""
+"""hugexml.xml.domxml: what a domain XML says, read into the model (no plan, no host)."""
 from __future__ import annotations
 
 import pytest
 
-from hugexml.domxml import load_domain
-from hugexml.errors import InvalidDomain, InvalidXML
-from hugexml.model import Cell, MemNode, MemoryDevice, NumaTune, PageSpec
+from hugexml.core.errors import InvalidDomain, InvalidXML
+from hugexml.core.model import Cell, MemNode, MemoryDevice, NumaTune, PageSpec
+from hugexml.xml.domxml import load_domain
 
 
 def dom(body: str, memory: str = "<memory unit='GiB'>4</memory>") -> bytes:
@@ -146,14 +146,14 @@ def test_too_many_elements_are_bounded():
         load_domain(dom(f"<memoryBacking><hugepages>{pages}</hugepages></memoryBacking>"))
 
 
-# --- libvirt's value readers (hugexml.xmlread) ---------------------------------------------
+# --- libvirt's value readers (hugexml.xml.xmlread) ---------------------------------------------
 @pytest.mark.parametrize("text,expected", [
     ("0", {0}), ("0-3", {0, 1, 2, 3}), ("0-3,^2", {0, 1, 3}), (" 1 , 3 ", {1, 3}),
     ("^0,0", {0}), ("0,^0,0", {0}), ("0-2,^1,1", {0, 1, 2}), ("0- 2", {0, 1, 2}),
     ("0-+2", {0, 1, 2}), ("16383", {16383}), ("1,^1", set()), ("^1", set()), ("1,", {1}),
 ])
 def test_bitmaps_read_left_to_right_as_libvirt(text, expected):
-    from hugexml.xmlread import bitmap
+    from hugexml.xml.xmlread import bitmap
 
     assert bitmap(text) == frozenset(expected)
 
@@ -161,8 +161,8 @@ def test_bitmaps_read_left_to_right_as_libvirt(text, expected):
 @pytest.mark.parametrize("text", ["", " ", "a", "1-0", "0-", "-1", "^ 1", "^1-2", "0,,1",
                                   "1 2", "+1", "16384", "0-16384", "0x1", ",1"])
 def test_bad_bitmaps_fail_as_libvirt(text):
-    from hugexml.units import UnitError
-    from hugexml.xmlread import bitmap
+    from hugexml.core.units import UnitError
+    from hugexml.xml.xmlread import bitmap
 
     with pytest.raises(UnitError, match="Failed to parse bitmap"):
         bitmap(text)
@@ -174,7 +174,7 @@ def test_bad_bitmaps_fail_as_libvirt(text):
     ("1", "G", 1048576), ("1", "GB", 976563), ("1", "T", 1073741824), ("0", "EiB", 0),
 ])
 def test_sizes_as_libvirt_scales_them(value, unit, kib):
-    from hugexml.xmlread import scaled_kib
+    from hugexml.xml.xmlread import scaled_kib
 
     assert scaled_kib(value, unit, "./x") == kib
 
@@ -191,8 +191,8 @@ def test_sizes_as_libvirt_scales_them(value, unit, kib):
     ("9" * 100, None, f"Invalid value '{'9' * 61}...' for element or attribute './x'"),
 ])
 def test_bad_sizes_fail_as_libvirt(value, unit, message):
-    from hugexml.units import UnitError
-    from hugexml.xmlread import scaled_kib
+    from hugexml.core.units import UnitError
+    from hugexml.xml.xmlread import scaled_kib
 
     with pytest.raises(UnitError) as info:
         scaled_kib(value, unit, "./x")

@@ -13,7 +13,7 @@ import sys
 import pytest
 from fakekernel import GIB_KIB, FakeKernel
 
-from hugexml.kernel import NodePool, parse_buddyinfo, parse_meminfo
+from hugexml.host.kernel import NodePool, parse_buddyinfo, parse_meminfo
 
 MIB = 1024
 NODE = "sys/devices/system/node"

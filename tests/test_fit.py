@@ -1,10 +1,17 @@
-"""The allocator's pure arithmetic (hugexml.fit): availability, placement, margins, release."""
+"""The allocator's pure arithmetic (hugexml.planning.fit): availability, placement, margins,
+release."""
 from __future__ import annotations
 
 import pytest
 
-from hugexml.errors import InsufficientPages, MarginViolation, NoSuchHostNode, UnsupportedPageSize
-from hugexml.fit import (
+from hugexml.core.errors import (
+    InsufficientPages,
+    MarginViolation,
+    NoSuchHostNode,
+    UnsupportedPageSize,
+)
+from hugexml.core.model import DemandItem
+from hugexml.planning.fit import (
     HostView,
     Margin,
     PoolState,
@@ -16,7 +23,6 @@ from hugexml.fit import (
     spread,
     take_in_order,
 )
-from hugexml.model import DemandItem
 
 M2 = 2048
 G1 = 1048576

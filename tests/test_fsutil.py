@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from hugexml import fsutil
+from hugexml.core import fsutil
 
 
 def _mode(path) -> int:

@@ -11,11 +11,12 @@ from hookfix import FakeHost, call, guest_xml
 from simkernel import make_kernel
 from statefix import quarantined, snapshot
 
-from hugexml import cli, hooklog
-from hugexml.alloc import Allocator
-from hugexml.errors import GuestConflict, LedgerError
-from hugexml.ledger import Store
-from hugexml.model import GuestId
+from hugexml.alloc.allocator import Allocator
+from hugexml.alloc.ledger import Store
+from hugexml.cli import main as cli
+from hugexml.core.errors import GuestConflict, LedgerError
+from hugexml.core.model import GuestId
+from hugexml.qemuhook import hooklog
 
 UUID = "6b0d5c1e-8f7a-4c1d-9a55-0c2b6f7e9a10"
 
@@ -28,7 +29,7 @@ def host(tmp_path, monkeypatch):
     monkeypatch.setattr(hooklog, "SYSLOG_ADDRESS", str(tmp_path / "no-syslog"))
     h = FakeHost(tmp_path / "root")
     monkeypatch.setenv("HUGEXML_ROOT", str(h.base))
-    from hugexml.commands import _alloc
+    from hugexml.cli import _alloc
 
     monkeypatch.setattr(_alloc, "MAKE_GATEWAY", h.gateway)
     return h

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from hookfix import G1, M2, FakeHost, call, guest_xml, hook_call, no_gateway
 
-from hugexml import hook, hooklog
+from hugexml.qemuhook import dispatch as hook
+from hugexml.qemuhook import hooklog
 
 REPO = Path(__file__).resolve().parents[1]
 PLAIN = b"""<domain type='kvm'>
@@ -190,7 +191,7 @@ def test_a_successful_prepare_logs_its_decision_to_syslog_and_nothing_to_stderr(
 
 # --- failures ----------------------------------------------------------------------------
 def test_read_limit_is_the_safe_parser_limit():
-    from hugexml.xmlsafe import MAX_XML_BYTES
+    from hugexml.xml.xmlsafe import MAX_XML_BYTES
 
     assert hook.READ_LIMIT_BYTES == MAX_XML_BYTES
 
@@ -232,7 +233,7 @@ def test_a_programming_error_in_prepare_is_one_line_and_its_traceback_is_logged(
 
 
 def test_a_failing_started_hook_never_fails_libvirt(monkeypatch, tmp_path):
-    from hugexml.errors import LockTimeout
+    from hugexml.core.errors import LockTimeout
 
     def stuck(c):
         raise LockTimeout(path="/run/hugexml/lock", seconds=30.0)
@@ -258,7 +259,7 @@ def test_has_record_is_a_stat_of_the_guests_file(tmp_path, monkeypatch):
     (state / "guests" / f"{guest.uuid}.json").write_text("{}")
     assert c.has_record() is True
     (state / "guests" / f"{guest.uuid}.json").unlink()
-    from hugexml.records import guest_key
+    from hugexml.planning.records import guest_key
 
     (state / "guests" / f"{guest_key('vm1', None)}.json").write_text("{}")  # reserved by name
     assert c.has_record() is True
@@ -391,7 +392,7 @@ def test_restore_filter_moves_an_unmounted_1g_guest_to_a_mounted_2m_size(host):
 
 def test_restore_filter_refits_to_what_the_running_daemon_sees_not_what_is_mounted(host):
     """Both sizes are mounted, but libvirtd started before the 1G mount existed: the filter
-    asks hugexml.daemon which sizes the daemon can use and moves the 1G guest to 2M. A
+    asks hugexml.system.daemon which sizes the daemon can use and moves the 1G guest to 2M. A
     memfd guest needs no mount and keeps its 1G pages."""
     import os
 

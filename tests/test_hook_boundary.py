@@ -1,10 +1,10 @@
 """The hook's boundary, proven by injection: every kind of exception at every step of every
 dispatched operation.
 
-Contracts (hugexml.hook): ``prepare`` (GATE) exits 1 with exactly one stderr line and leaves
-every pool as it was; ``started``, ``reconnect`` and ``release`` (NEVER_FAIL) exit 0; the
-filters exit 0 and print nothing or the XML. Nothing ever puts a traceback on stderr; the
-log (here the state dir's hook.log: no syslog listens) names the domain and the operation,
+Contracts (hugexml.qemuhook.dispatch): ``prepare`` (GATE) exits 1 with exactly one stderr line
+and leaves every pool as it was; ``started``, ``reconnect`` and ``release`` (NEVER_FAIL) exit
+0; the filters exit 0 and print nothing or the XML. Nothing ever puts a traceback on stderr;
+the log (here the state dir's hook.log: no syslog listens) names the domain and the operation,
 and holds the traceback of anything that is not a HugexmlError.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ import importlib
 import pytest
 from hookfix import M2, FakeHost, call, guest_xml
 
-from hugexml import hooklog
-from hugexml.errors import HostError
+from hugexml.core.errors import HostError
+from hugexml.qemuhook import hooklog
 
 EXCEPTIONS = {
     "HugexmlError": lambda: HostError(path="/sys/x", reason="injected"),
@@ -27,22 +27,40 @@ EXCEPTIONS = {
 
 # Every function a dispatched call can pass through, as "module:attribute".
 STEPS = [
-    "hugexml.hook:Call.xml", "hugexml.hook:Call.has_record", "hugexml.hook:Call.config",
-    "hugexml.hook:Call.host_info", "hugexml.hook:Call.allocator", "hugexml.hook:Call.guest",
-    "hugexml.domxml:plan_xml", "hugexml.daemon:mount_problems",
-    "hugexml.daemon:libvirt_visible_sizes", "hugexml.hook:refit_for_hook",
-    "hugexml.refit:refit_for_host", "hugexml.supply:from_env",
-    "hugexml.live:live_guest", "hugexml.config:load_config",
-    "hugexml.ledger:Store.lock", "hugexml.ledger:Store.load", "hugexml.ledger:Store.commit",
-    "hugexml.ledger:Store.write_journal", "hugexml.ledger:Store.write_guest",
-    "hugexml.ledger:Store.delete_guest", "hugexml.recovery:begin", "hugexml.recovery:sync",
-    "hugexml.alloc:place", "hugexml.alloc:Allocator.reserve", "hugexml.alloc:Allocator.settle",
-    "hugexml.alloc:Allocator.release", "hugexml.alloc:Allocator.reconcile",
-    "hugexml.txn:PoolTxn.grow", "hugexml.txn:PoolTxn.shrink", "hugexml.poolops:read_view",
+    "hugexml.qemuhook.dispatch:Call.xml",
+    "hugexml.qemuhook.dispatch:Call.has_record",
+    "hugexml.qemuhook.dispatch:Call.config",
+    "hugexml.qemuhook.dispatch:Call.host_info",
+    "hugexml.qemuhook.dispatch:Call.allocator",
+    "hugexml.qemuhook.dispatch:Call.guest",
+    "hugexml.xml.domxml:plan_xml",
+    "hugexml.system.daemon:mount_problems",
+    "hugexml.system.daemon:libvirt_visible_sizes",
+    "hugexml.qemuhook.dispatch:refit_for_hook",
+    "hugexml.xml.refit:refit_for_host",
+    "hugexml.alloc.supply:from_env",
+    "hugexml.host.live:live_guest",
+    "hugexml.core.config:load_config",
+    "hugexml.alloc.ledger:Store.lock",
+    "hugexml.alloc.ledger:Store.load",
+    "hugexml.alloc.ledger:Store.commit",
+    "hugexml.alloc.ledger:Store.write_journal",
+    "hugexml.alloc.ledger:Store.write_guest",
+    "hugexml.alloc.ledger:Store.delete_guest",
+    "hugexml.alloc.recovery:begin",
+    "hugexml.alloc.recovery:sync",
+    "hugexml.alloc.allocator:place",
+    "hugexml.alloc.allocator:Allocator.reserve",
+    "hugexml.alloc.allocator:Allocator.settle",
+    "hugexml.alloc.allocator:Allocator.release",
+    "hugexml.alloc.allocator:Allocator.reconcile",
+    "hugexml.alloc.txn:PoolTxn.grow",
+    "hugexml.alloc.txn:PoolTxn.shrink",
+    "hugexml.alloc.poolops:read_view",
 ]
 # Steps the migrate/restore filters pass through only to read what the host can supply now;
-# a failure there is contained (hugexml.supply.from_env), not a failure of the filter.
-CONTAINED_IN_FILTERS = {"hugexml.config:load_config"}
+# a failure there is contained (hugexml.alloc.supply.from_env), not a failure of the filter.
+CONTAINED_IN_FILTERS = {"hugexml.core.config:load_config"}
 OPS = {"prepare": "gate", "started": "never-fail", "reconnect": "never-fail",
        "release": "never-fail", "restore": "filter", "migrate": "filter"}
 HIT: dict[str, set[str]] = {}  # step -> operations whose injected call raised there
@@ -115,14 +133,14 @@ def test_every_failure_keeps_the_contract(host, monkeypatch, tmp_path, op, step,
         if OPS[op] == "filter":
             assert out in (b"", xml) or out.startswith(b"<domain")
     if OPS[op] == "filter" and step in CONTAINED_IN_FILTERS:
-        # the filter's supply reader (hugexml.supply.from_env) contains it: sizes are judged
+        # the filter's supply reader (hugexml.alloc.supply.from_env) contains it: sizes are judged
         # as before (this guest fits: its XML unchanged), the hook log says why
         assert out == xml, out
         log = (tmp_path / "state" / "hook.log").read_text()
         assert f"domain 'vm1' {op} " in log and "unchanged: " in log, log
         assert "what this host can supply now is unknown" in log, log
         return
-    if op in HIT.get(step, set()) and step != "hugexml.hook:Call.config":
+    if op in HIT.get(step, set()) and step != "hugexml.qemuhook.dispatch:Call.config":
         log = (tmp_path / "state" / "hook.log").read_text()
         assert f"domain 'vm1' {op} " in log
         if exc_name != "HugexmlError":
@@ -157,9 +175,10 @@ def test_every_step_is_on_some_operations_path(host, monkeypatch):
             host.sim.map(1, M2, 64)
     missing = [s for s in STEPS if not seen.get(s)]
     assert not missing, f"steps no operation reaches: {missing}"
-    assert "prepare" in seen["hugexml.txn:PoolTxn.grow"]
-    assert "release" in seen["hugexml.txn:PoolTxn.shrink"]
-    assert {"prepare", "started", "reconnect", "release"} <= seen["hugexml.ledger:Store.commit"]
+    assert "prepare" in seen["hugexml.alloc.txn:PoolTxn.grow"]
+    assert "release" in seen["hugexml.alloc.txn:PoolTxn.shrink"]
+    commits = seen["hugexml.alloc.ledger:Store.commit"]
+    assert {"prepare", "started", "reconnect", "release"} <= commits
 
 
 @pytest.mark.parametrize("exc_name", EXCEPTIONS)

@@ -1,4 +1,4 @@
-"""The host gateway (hugexml/host.py) on the fake kernel: every read, every write read back,
+"""The host gateway (hugexml/host/sysfs.py) on the fake kernel: every read, every write read back,
 every OSError converted, every path under the injectable root, hostile sysfs contents."""
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import os
 import pytest
 from fakekernel import GIB_KIB, FakeKernel
 
-from hugexml import mounts as mounts_mod
-from hugexml.errors import HostError, InvalidInput
-from hugexml.host import HostGateway
-from hugexml.kernel import (
+from hugexml.core.errors import HostError, InvalidInput
+from hugexml.core.root import HostRoot
+from hugexml.host.kernel import (
     MAX_COUNTER,
     GlobalPool,
     NodePool,
@@ -21,7 +20,8 @@ from hugexml.kernel import (
     parse_meminfo,
     predict_allocatable,
 )
-from hugexml.root import HostRoot
+from hugexml.host.sysfs import HostGateway
+from hugexml.system import mounts as mounts_mod
 
 MIB = 1024
 NODE = "sys/devices/system/node"

@@ -1,7 +1,7 @@
 """A node's pool change that the node's own file cannot say, on the fake kernel: Linux before
 6.7 counts other nodes' surplus pages into a node write, and every kernel keeps free pages
 while surplus pages are in use anywhere (set_max_huge_pages' min_count). The gateway then
-writes nr_hugepages_mempolicy bound to the node (hugexml/mempolicy.py). Both kernel rules
+writes nr_hugepages_mempolicy bound to the node (hugexml/host/mempolicy.py). Both kernel rules
 are checked against Debian's 6.1 in tests/numavm (kernelscenarios.py, test_vm_pools.py).
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pytest
 from fakekernel import GIB_KIB, FakeKernel
 from hypothesis import HealthCheck, given, settings
 
-from hugexml import mempolicy
-from hugexml.errors import HostError
-from hugexml.host import HostGateway
-from hugexml.root import HostRoot
+from hugexml.core.errors import HostError
+from hugexml.core.root import HostRoot
+from hugexml.host import mempolicy
+from hugexml.host.sysfs import HostGateway
 
 M2 = 2048
 MEMPOLICY = f"sys/kernel/mm/hugepages/hugepages-{M2}kB/nr_hugepages_mempolicy"

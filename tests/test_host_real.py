@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from hugexml.host import HostGateway
-from hugexml.root import HostRoot
+from hugexml.core.root import HostRoot
+from hugexml.host.sysfs import HostGateway
 
 pytestmark = pytest.mark.realkernel
 GIB_KIB = 1024 * 1024
@@ -146,11 +146,11 @@ def numa_policies() -> set[str]:
 
 
 def test_a_bound_write_grows_and_shrinks_node_0_and_restores_the_policy(real_host):
-    """The gateway's bound write on the real kernel (hugexml/mempolicy.py): set_mempolicy(2)
+    """The gateway's bound write on the real kernel (hugexml/host/mempolicy.py): set_mempolicy(2)
     through ctypes binds this thread to node 0, nr_hugepages_mempolicy takes the global
     target, the pool moves by a few pages, the policy is MPOL_DEFAULT again; the pool ends
     exactly as found."""
-    from hugexml import mempolicy
+    from hugexml.host import mempolicy
 
     seen: list[tuple[object, set[str]]] = []
 

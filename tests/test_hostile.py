@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from hugexml import cli, hook, hooklog
+from hugexml.cli import main as cli
+from hugexml.qemuhook import dispatch as hook
+from hugexml.qemuhook import hooklog
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -196,7 +198,7 @@ def test_the_resolver_opens_nothing_even_past_the_prolog_check(tmp_path):
     """Defence in depth: the parser itself resolves external entities to nothing."""
     from lxml import etree
 
-    from hugexml.xmlsafe import make_parser
+    from hugexml.xml.xmlsafe import make_parser
 
     secret = tmp_path / "secret.dtd"
     secret.write_text("<!ENTITY leak 'SECRET'>")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from fakekernel import FakeKernel
 
-from hugexml import cli
+from hugexml.cli import main as cli
 
 PINS = Path(__file__).parent / "data" / "import_pins.json"
 COSTLY = ("argparse", "configparser", "dataclasses", "inspect", "json", "logging", "psutil",
@@ -32,10 +32,10 @@ argv = sys.argv[1:sys.argv.index("--")]
 costly = sys.argv[sys.argv.index("--") + 1:]
 data = sys.stdin.buffer.read()
 if argv[0] == "hook":
-    from hugexml.hook import main
+    from hugexml.hook import main  # as every installed hook file does
     main(["qemu", *argv[1:]], io.BytesIO(data), io.BytesIO(), io.StringIO())
 else:
-    from hugexml.cli import main
+    from hugexml.cli.main import main
     sys.stdin = io.TextIOWrapper(io.BytesIO(data))
     sys.stdout, real = io.TextIOWrapper(io.BytesIO()), sys.stdout
     try:
@@ -76,7 +76,7 @@ def seen(tmp_path_factory) -> dict[str, dict[str, list[str]]]:
     env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "HUGEXML_ROOT": fk.root,
            "HUGEXML_STATE_DIR": str(base / "state"),
            "HUGEXML_CONFIG": str(base / "hugexml.conf"),
-           "HUGEXML_PROBE_PATH": str(Path(cli.__file__).resolve().parents[1])}
+           "HUGEXML_PROBE_PATH": str(Path(cli.__file__).resolve().parents[2])}
     out = {}
     for name, (argv, stdin) in PATHS.items():
         proc = subprocess.run(
@@ -102,9 +102,10 @@ def test_each_hot_path_imports_exactly_its_pinned_modules(seen):
 
 def test_the_fast_paths_stay_bare(seen):
     """Whatever the pins say, these never load more than the dispatch needs."""
-    assert seen["hook: an operation it ignores"]["hugexml"] == ["hugexml", "hugexml.hook"]
+    dispatch = ["hugexml", "hugexml.hook", "hugexml.qemuhook", "hugexml.qemuhook.dispatch"]
+    assert seen["hook: an operation it ignores"]["hugexml"] == dispatch
     for name in ("hook: prepare, no hugepages", "hook: release, no claim"):
-        assert set(seen[name]["hugexml"]) <= {"hugexml", "hugexml.hook", "hugexml.root"}, name
+        assert set(seen[name]["hugexml"]) <= {*dispatch, "hugexml.core", "hugexml.core.root"}, name
         assert seen[name]["costly"] == [], (name, seen[name]["costly"])
     for name in PATHS:
         costly = set(seen[name]["costly"])
@@ -114,11 +115,11 @@ def test_the_fast_paths_stay_bare(seen):
 
 
 def test_a_command_builds_only_its_own_parser(seen):
-    commands = {f"hugexml.commands.{m}" for m in cli.COMMANDS.values()}
+    commands = {f"hugexml.cli.{m}" for m in cli.COMMANDS.values()}
     for name, (argv, _) in PATHS.items():
         if name.startswith("cli: "):
             loaded = commands & set(seen[name]["hugexml"])
-            assert loaded == {f"hugexml.commands.{cli.COMMANDS[argv[0]]}"}, (name, loaded)
+            assert loaded == {f"hugexml.cli.{cli.COMMANDS[argv[0]]}"}, (name, loaded)
 
 
 @pytest.mark.parametrize("argv, command", [

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from allocfix import skip_or_fail
 
-from hugexml import install
-from hugexml.errors import InvalidInput
-from hugexml.root import HostRoot
+from hugexml.core.errors import InvalidInput
+from hugexml.core.root import HostRoot
+from hugexml.qemuhook import install
 
 REPO = Path(__file__).resolve().parents[1]
 PLAIN_XML = b"<domain type='kvm'><name>vm1</name><memory unit='MiB'>64</memory></domain>\n"
@@ -297,14 +297,14 @@ def test_no_restart_for_a_daemon_started_after_the_hook(root):
 
 # --- the commands ------------------------------------------------------------------------
 def ctx_for(root: HostRoot):
-    from hugexml.cli import Context
+    from hugexml.cli.main import Context
 
     return Context(root=root, state_dir="/nonexistent", config_path="/nonexistent",
                    config_explicit=False, verbose=0)
 
 
 def test_install_and_uninstall_commands_json(root, capsys):
-    from hugexml.commands import install_hook, uninstall_hook
+    from hugexml.cli import install_hook, uninstall_hook
 
     ticks = os.sysconf("SC_CLK_TCK")
     fake_daemon(root, 4242, "libvirtd", start_ticks=ticks)
@@ -326,7 +326,7 @@ def test_install_and_uninstall_commands_json(root, capsys):
 
 
 def test_install_command_says_when_no_daemon_runs(root, capsys):
-    from hugexml.commands import install_hook
+    from hugexml.cli import install_hook
 
     install_hook.run(argparse.Namespace(legacy=False, python=None, json=False), ctx_for(root))
     assert "no libvirt daemon is running" in capsys.readouterr().out
@@ -361,7 +361,7 @@ def etc_files(base: Path) -> list[str]:
 @pytest.mark.parametrize("legacy_mode", [False, True], ids=["dropin", "legacy"])
 @pytest.mark.parametrize("where", ["global", "after-command"])
 def test_cli_root_before_or_after_the_command(root, decoy, capsys, where, legacy_mode):
-    from hugexml.cli import main
+    from hugexml.cli.main import main
 
     def argv(command: str, *opts: str) -> list[str]:
         if where == "global":
@@ -379,7 +379,7 @@ def test_cli_root_before_or_after_the_command(root, decoy, capsys, where, legacy
 
 
 def test_the_commands_root_wins_over_the_global_one(root, decoy, capsys):
-    from hugexml.cli import build_parser, main
+    from hugexml.cli.main import build_parser, main
 
     assert main(["--root", str(decoy), "install-hook", "--root", root.base, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["installed"] == str(dropin(root))
@@ -393,7 +393,7 @@ def test_the_commands_root_wins_over_the_global_one(root, decoy, capsys):
 
 def test_run_uses_the_commands_root_over_ctx_root(root, decoy, capsys):
     """run() itself honours args.root, whatever root the context was built with."""
-    from hugexml.commands import install_hook, uninstall_hook
+    from hugexml.cli import install_hook, uninstall_hook
 
     ctx = ctx_for(HostRoot(str(decoy)))
     args = argparse.Namespace(root=root.base, legacy=False, python=None, json=True)

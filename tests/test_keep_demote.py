@@ -10,8 +10,8 @@ from allocfix import G1, M2, guest, make_config, plan
 from simkernel import GIB, make_kernel
 from statefix import snapshot
 
-from hugexml.alloc import Allocator
-from hugexml.errors import MarginViolation
+from hugexml.alloc.allocator import Allocator
+from hugexml.core.errors import MarginViolation
 
 WINDOW = ((G1, 600.0), (M2, 0.0))  # the default: 1G=10m 2M=0
 
@@ -168,7 +168,7 @@ META = ("<metadata><hx:keep xmlns:hx='https://hugexml.dev/xmlns/domain/1' for='{
 @pytest.mark.parametrize("value, keep_s", [("forever", -1.0), ("0", 0.0), ("90s", 90.0),
                                            ("2h", 7200.0), ("1.5m", 90.0)])
 def test_a_guest_sets_its_own_keep_window_in_its_metadata(value, keep_s):
-    from hugexml.domxml import plan_xml
+    from hugexml.xml.domxml import plan_xml
 
     xml = (b"<domain><name>v</name><memory unit='GiB'>1</memory><memoryBacking><hugepages>"
            b"<page size='1' unit='G'/></hugepages></memoryBacking>"
@@ -178,8 +178,8 @@ def test_a_guest_sets_its_own_keep_window_in_its_metadata(value, keep_s):
 
 @pytest.mark.parametrize("value", ["soon", "-1", "31d", "", "1e9"])
 def test_a_bad_keep_window_in_the_metadata_is_one_line(value):
-    from hugexml.domxml import plan_xml
-    from hugexml.errors import InvalidDomain
+    from hugexml.core.errors import InvalidDomain
+    from hugexml.xml.domxml import plan_xml
 
     xml = (b"<domain><name>v</name><memory unit='GiB'>1</memory>"
            + META.format(value).encode() + b"</domain>")

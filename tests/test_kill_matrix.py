@@ -25,9 +25,9 @@ from allocfix import G1, M2, guest, make_config, plan
 from simkernel import Crash, make_kernel
 from statefix import snapshot
 
-from hugexml.alloc import Allocator
-from hugexml.errors import HugexmlError
-from hugexml.ledger import Store
+from hugexml.alloc.allocator import Allocator
+from hugexml.alloc.ledger import Store
+from hugexml.core.errors import HugexmlError
 
 STORE_STEPS = ("write_journal", "write_guest", "delete_guest", "quarantine")
 
@@ -187,7 +187,7 @@ import sys
 sys.path[:0] = [sys.argv[1]]
 from fakekernel import FakeKernel
 from allocfix import guest, make_config, plan
-from hugexml.alloc import Allocator
+from hugexml.alloc.allocator import Allocator
 fk = FakeKernel.attach(sys.argv[2])
 alloc = Allocator(fk.gateway(), sys.argv[3], make_config(retries=0, timeout_s=60,
                                                         lock_timeout_s=120))

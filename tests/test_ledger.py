@@ -8,10 +8,10 @@ import stat
 
 import pytest
 
-from hugexml import ledger as lg
-from hugexml.errors import LedgerError, LockTimeout
-from hugexml.ledger import Store
-from hugexml.records import GuestRecord, Journal, PoolBook, guest_key
+from hugexml.alloc import ledger as lg
+from hugexml.alloc.ledger import Store
+from hugexml.core.errors import LedgerError, LockTimeout
+from hugexml.planning.records import GuestRecord, Journal, PoolBook, guest_key
 
 UUID = "6b0d5c1e-8f7a-4c1d-9a55-0c2b6f7e9a10"
 KNOWN = {(0, 2048), (0, 1048576), (1, 2048), (1, 1048576)}
@@ -209,8 +209,8 @@ def test_the_due_file_names_the_next_work(tmp_path):
     due = os.path.join(store.state_dir, lg.DUE_FILE)
     with store.lock():
         state = store.load(KNOWN)
-        state.journal.book((0, 2048)).kept.append(__import__("hugexml.records").records
-                                                  .KeptLot(2, 1500.0))
+        state.journal.book((0, 2048)).kept.append(__import__("hugexml.planning.records").planning
+                                                  .records.KeptLot(2, 1500.0))
         state.journal_dirty = True
         store.commit(state)
         assert open(due).read() == "1500\n"

@@ -1,4 +1,4 @@
-"""hugexml.mounts on a fake root: the mount table, conventional paths, persistence."""
+"""hugexml.system.mounts on a fake root: the mount table, conventional paths, persistence."""
 from __future__ import annotations
 
 import os
@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from allocfix import skip_or_fail
 
-from hugexml.errors import HostError, InvalidInput
-from hugexml.mounts import (
+from hugexml.core.errors import HostError, InvalidInput
+from hugexml.core.root import HostRoot
+from hugexml.system.mounts import (
     Mount,
     ensure_mount,
     list_mounts,
@@ -17,14 +18,13 @@ from hugexml.mounts import (
     plan_mount,
     unmount,
 )
-from hugexml.mountunits import (
+from hugexml.system.mountunits import (
     fstab_line,
     persist_fstab,
     persist_unit,
     render_unit,
     unit_name_for_path,
 )
-from hugexml.root import HostRoot
 
 M2, G1 = 2048, 1048576
 
@@ -171,8 +171,8 @@ def test_persist_fstab_adds_once_and_never_rewrites_a_foreign_line(tmp_path):
 def run_mounts(argv, root, state):
     import argparse
 
-    from hugexml.cli import Context
-    from hugexml.commands import mounts as cmd
+    from hugexml.cli import mounts as cmd
+    from hugexml.cli.main import Context
 
     p = argparse.ArgumentParser()
     cmd.add_arguments(p)
@@ -207,7 +207,7 @@ def test_mounts_ensure_persist_writes_a_unit_or_an_fstab_line(tmp_path, capsys, 
 
 
 def _real_size_or_skip() -> int:
-    from hugexml.hostinfo import read_page_sizes_kib
+    from hugexml.host.hostinfo import read_page_sizes_kib
 
     sizes = read_page_sizes_kib(HostRoot("/"))
     if M2 not in sizes:
@@ -218,7 +218,7 @@ def _real_size_or_skip() -> int:
 def test_a_failed_mount_removes_the_directory_it_made_and_records_nothing(tmp_path, monkeypatch):
     import errno
 
-    import hugexml.mounts as mt
+    import hugexml.system.mounts as mt
 
     size_kib = _real_size_or_skip()
     calls = []
@@ -236,7 +236,7 @@ def test_a_failed_mount_removes_the_directory_it_made_and_records_nothing(tmp_pa
 
 
 def test_a_mount_whose_statfs_disagrees_is_undone(tmp_path, monkeypatch):
-    import hugexml.mounts as mt
+    import hugexml.system.mounts as mt
 
     size_kib = _real_size_or_skip()
     calls = []
@@ -254,9 +254,9 @@ def test_persist_reports_a_failing_systemctl_instead_of_persisted(tmp_path, monk
     import subprocess
     from types import SimpleNamespace
 
-    from hugexml import mountunits as mu
-    from hugexml.commands import mounts as cmd
-    from hugexml.errors import HostError
+    from hugexml.cli import mounts as cmd
+    from hugexml.core.errors import HostError
+    from hugexml.system import mountunits as mu
 
     monkeypatch.setattr(mu, "has_systemd", lambda root: True)
     root = SimpleNamespace(is_real=True, path=lambda *parts: str(tmp_path.joinpath(*parts)))

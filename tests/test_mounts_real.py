@@ -12,10 +12,10 @@ import time
 import pytest
 from allocfix import skip_or_fail
 
-from hugexml import daemon as dm
-from hugexml import mounts as mt
-from hugexml.mountunits import unit_name_for_path
-from hugexml.root import HostRoot
+from hugexml.core.root import HostRoot
+from hugexml.system import daemon as dm
+from hugexml.system import mounts as mt
+from hugexml.system.mountunits import unit_name_for_path
 
 pytestmark = pytest.mark.realkernel
 REAL = HostRoot("/")
@@ -88,8 +88,8 @@ def test_unit_names_match_systemd_escape(path):
 
 
 def test_doctor_json_on_the_real_host(real_host, tmp_path, capsys):
-    from hugexml.cli import Context
-    from hugexml.commands import doctor as cmd
+    from hugexml.cli import doctor as cmd
+    from hugexml.cli.main import Context
 
     p = argparse.ArgumentParser()
     cmd.add_arguments(p)

@@ -1,17 +1,17 @@
-"""Page sizes as explicit types (``hugexml.pagesize``): the page map a domain asks for, what
-it means on a host, ``--page-size`` words, and the rewrite's read-back check."""
+"""Page sizes as explicit types (``hugexml.planning.pagesize``): the page map a domain asks
+for, what it means on a host, ``--page-size`` words, and the rewrite's read-back check."""
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
 
-from hugexml.domxml import load_domain
-from hugexml.errors import HugexmlError, SelfCheckFailed
-from hugexml.model import HostInfo
-from hugexml.pagesize import Backing, Pick, current_pages, describe, parse_choice, resolve
-from hugexml.rewrite import verify
-from hugexml.units import UnitError
+from hugexml.core.errors import HugexmlError, SelfCheckFailed
+from hugexml.core.model import HostInfo
+from hugexml.core.units import UnitError
+from hugexml.planning.pagesize import Backing, Pick, current_pages, describe, parse_choice, resolve
+from hugexml.xml.domxml import load_domain
+from hugexml.xml.rewrite import verify
 
 M2, G1 = 2048, 1048576
 NORMAL, DEFAULT = Backing.NORMAL, Backing.HOST_DEFAULT

@@ -1,11 +1,12 @@
-"""Table-driven cases for hugexml.plan (pure): one row per libvirt semantic or rejection."""
+"""Table-driven cases for hugexml.planning.plan (pure): one row per libvirt semantic or
+rejection."""
 from __future__ import annotations
 
 import pytest
 
-from hugexml.domxml import plan_xml
-from hugexml.errors import InvalidDomain, NoSuchHostNode, UnsupportedPageSize
-from hugexml.model import HostInfo
+from hugexml.core.errors import InvalidDomain, NoSuchHostNode, UnsupportedPageSize
+from hugexml.core.model import HostInfo
+from hugexml.xml.domxml import plan_xml
 
 HOST = HostInfo(default_page_kib=2048, page_sizes_kib=(2048, 1048576), nodes=(0, 1, 2, 3),
                 auto_nodes=(0, 1, 2, 3))

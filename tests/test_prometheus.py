@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from hugexml import prometheus
-from hugexml.usage import GuestUsage
+from hugexml.host.usage import GuestUsage
+from hugexml.system import prometheus
 
 parser = pytest.importorskip("prometheus_client.parser")
 
@@ -216,7 +216,7 @@ def test_status_prometheus_without_the_library_fails_in_one_line(tmp_path):
 
     fk = FakeKernel(tmp_path / "root", nodes=1)
     code = ("import sys; sys.modules['prometheus_client'] = None\n"
-            "from hugexml.cli import main; sys.exit(main(sys.argv[1:]))")
+            "from hugexml.cli.main import main; sys.exit(main(sys.argv[1:]))")
     argv = [sys.executable, "-c", code, "--root", fk.root, "--state-dir", str(tmp_path / "s"),
             "--config", str(tmp_path / "none.conf"), "status", "--prometheus", "-"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
@@ -230,10 +230,9 @@ def test_no_module_but_this_one_imports_prometheus_client():
     """The hook and every other module stay importable without the optional library."""
     import hugexml
 
-    names = sorted(f"hugexml.{m.name}" for m in pkgutil.walk_packages(hugexml.__path__)
-                   if m.name not in ("prometheus", "__main__"))
-    names += sorted(f"hugexml.commands.{m.name}" for m in pkgutil.iter_modules(
-        [os.path.join(hugexml.__path__[0], "commands")]))
+    names = sorted(m.name for m in pkgutil.walk_packages(hugexml.__path__, "hugexml.")
+                   if m.name not in ("hugexml.system.prometheus", "hugexml.__main__"))
+    assert "hugexml.cli.plan" in names and "hugexml.qemuhook.dispatch" in names
     code = ("import importlib, sys\n"
             f"for name in {names!r}: importlib.import_module(name)\n"
             "print(sorted(m for m in sys.modules if m.startswith('prometheus')))")
@@ -241,7 +240,8 @@ def test_no_module_but_this_one_imports_prometheus_client():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
-    assert "prometheus" not in (Path(hugexml.__path__[0]) / "hook.py").read_text()
+    for hook in ("hook.py", "qemuhook/dispatch.py"):
+        assert "prometheus" not in (Path(hugexml.__path__[0]) / hook).read_text()
 
 
 def test_strict_check_rejects_broken_text():

@@ -22,9 +22,9 @@ import pytest
 from allocfix import skip_or_fail
 from paths import ACCEPTED_BY_9_0, CORPUS, REFUSED_BY_9_0, corpus_xml
 
-from hugexml import qemuargs, qemurender
-from hugexml.errors import HugexmlError, MountMissing
-from hugexml.model import HostInfo
+from hugexml.core.errors import HugexmlError, MountMissing
+from hugexml.core.model import HostInfo
+from hugexml.xml import qemuargs, qemurender
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -211,7 +211,7 @@ def test_real_qemu_accepts_the_arguments_and_maps_the_pages(real_host, tmp_path,
     import signal
     import time
 
-    from hugexml.usage import parse_numa_maps
+    from hugexml.host.usage import parse_numa_maps
 
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None:
@@ -291,7 +291,7 @@ def test_thread_context_precedes_each_bound_preallocated_backend():
 @pytest.mark.parametrize("version,expected", [("7.2.0", True), ("8.0.4", True),
                                               ("7.1.0", False), ("6.2.0", False)])
 def test_thread_context_auto_asks_the_domains_emulator(tmp_path, version, expected):
-    from hugexml.commands.qemu_args import emulator_of, qemu_has_thread_context
+    from hugexml.cli.qemu_args import emulator_of, qemu_has_thread_context
 
     fake = tmp_path / "qemu"
     fake.write_text(f"#!/bin/sh\necho 'QEMU emulator version {version} (Debian 1:7.2+dfsg-7)'\n")

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from hugexml import records as rc
-from hugexml.records import GuestRecord, Journal, RecordError
+from hugexml.planning import records as rc
+from hugexml.planning.records import GuestRecord, Journal, RecordError
 
 UUID = "6b0d5c1e-8f7a-4c1d-9a55-0c2b6f7e9a10"
 KNOWN = {(n, s) for n in (0, 1) for s in (2048, 1048576)}

@@ -9,10 +9,10 @@ from typing import Optional
 
 import pytest
 
-from hugexml.domxml import load_domain
-from hugexml.model import HostInfo
-from hugexml.plan import make_plan
-from hugexml.refit import refit_for_host
+from hugexml.core.model import HostInfo
+from hugexml.planning.plan import make_plan
+from hugexml.xml.domxml import load_domain
+from hugexml.xml.refit import refit_for_host
 
 M2, G1 = 2048, 1048576
 ONLY_2M = HostInfo(default_page_kib=M2, page_sizes_kib=(M2,), nodes=(0, 1))
@@ -281,7 +281,7 @@ def test_a_refit_libvirt_would_refuse_is_not_made() -> None:
     """Dropping the <memory> binding (its node is gone) would leave a memnode under the
     automatic placement <vcpu placement='auto'> implies: libvirt refuses that, so refit
     raises and the hook prints the input as it was (fail open)."""
-    from hugexml.errors import InvalidDomain
+    from hugexml.core.errors import InvalidDomain
 
     data = NUMA.replace(b'<memory mode="strict" nodeset="0-3"/>',
                         b'<memory mode="strict" nodeset="3"/>').replace(
@@ -296,7 +296,7 @@ def test_a_refit_libvirt_would_refuse_is_not_made() -> None:
 # --- what the host can supply now ------------------------------------------------------------
 from supplyfix import supply_table  # noqa: E402
 
-from hugexml.tally import HostSupply, PoolSupply  # noqa: E402
+from hugexml.planning.tally import HostSupply, PoolSupply  # noqa: E402
 
 GIB = 1048576
 BOTH_MOUNTED = frozenset({M2, G1})
@@ -400,7 +400,7 @@ def test_the_restore_filter_counts_the_kept_pages_of_the_state(tmp_path, monkeyp
     from simkernel import make_kernel
     from supplyfix import keep_pages
 
-    from hugexml import hooklog
+    from hugexml.qemuhook import hooklog
 
     kernel = make_kernel("fake", str(tmp_path / "root"), nodes=2, mem_total_kib=16 * SIM_GIB,
                          mem_free_kib=12 * SIM_GIB)
@@ -424,7 +424,7 @@ def test_the_restore_filter_counts_the_kept_pages_of_the_state(tmp_path, monkeyp
 def test_the_filter_without_a_readable_supply_refits_as_before(monkeypatch, tmp_path) -> None:
     """The hook's entry (hook.refit_for_hook) reads the supply itself; when it cannot, the
     refit is today's and a note says so."""
-    from hugexml.hook import refit_for_hook as hook_refit
+    from hugexml.qemuhook.dispatch import refit_for_hook as hook_refit
 
     monkeypatch.setenv("HUGEXML_ROOT", str(tmp_path / "empty"))
     monkeypatch.setenv("HUGEXML_STATE_DIR", str(tmp_path / "state"))

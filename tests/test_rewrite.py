@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 from simkernel import make_kernel
 from supplyfix import keep_pages, supply_table
 
-from hugexml.domxml import load_domain
-from hugexml.errors import InvalidDomain, InvalidInput, InvalidXML, UnsupportedPageSize
-from hugexml.model import HostInfo
-from hugexml.pagesize import Pick
-from hugexml.plan import make_plan
-from hugexml.rewrite import rewrite_xml
-from hugexml.tally import HostSupply, PoolSupply
+from hugexml.core.errors import InvalidDomain, InvalidInput, InvalidXML, UnsupportedPageSize
+from hugexml.core.model import HostInfo
+from hugexml.planning.pagesize import Pick
+from hugexml.planning.plan import make_plan
+from hugexml.planning.tally import HostSupply, PoolSupply
+from hugexml.xml.domxml import load_domain
+from hugexml.xml.rewrite import rewrite_xml
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden" / "rewrite"
@@ -275,7 +275,7 @@ def test_cells_left_alone_take_their_pages_first() -> None:
 def test_the_guests_own_pages_count_for_it() -> None:
     """Pages the guest holds now (its record: a pending claim, or a running guest's mapped
     pages) are free for it when it starts again."""
-    from hugexml.tally import guest_key_of
+    from hugexml.planning.tally import guest_key_of
 
     data, _ = golden("supply-numa")
     key = guest_key_of("supply-numa", "7f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5")

@@ -4,7 +4,7 @@ hook, the config, the units and the man page are, the hook runs on the system py
 package imports from the installed sitelib, and systemd accepts the units.
 
 The man page and the bash completion are generated from the full argument parser
-(``hugexml.cli.build_parser()``) by packaging/gen_docs.py and committed; a test fails when
+(``hugexml.cli.main.build_parser()``) by packaging/gen_docs.py and committed; a test fails when
 either is stale, so they cannot drift from the CLI. The build needs rpmbuild (skipped
 without it, a failure when HUGEXML_REQUIRE_REAL=1); none of this runs inside rpmbuild's own
 %check. The build's %check
@@ -216,7 +216,7 @@ def test_mount_units(name, size, where):
 
 
 def test_reserve_service_runs_a_real_command():
-    from hugexml.cli import build_parser
+    from hugexml.cli.main import build_parser
 
     u = unit("hugexml-reserve.service")
     assert u["Service"]["Type"] == "oneshot"
@@ -229,7 +229,7 @@ def test_reserve_service_runs_a_real_command():
 
 
 def test_reconcile_timer_runs_hugexml_reconcile():
-    from hugexml.cli import build_parser
+    from hugexml.cli.main import build_parser
 
     service, timer = unit("hugexml-reconcile.service"), unit("hugexml-reconcile.timer")
     assert service["Service"]["Type"] == "oneshot"
@@ -259,7 +259,7 @@ def test_tmpfiles_line():
 
 
 def test_packaged_config_is_the_default_config():
-    from hugexml.config import DEFAULT_CONFIG_TEXT
+    from hugexml.core.config import DEFAULT_CONFIG_TEXT
 
     assert (PACKAGING / "hugexml.conf").read_text() == DEFAULT_CONFIG_TEXT
 
@@ -277,7 +277,7 @@ def parser_options():
     """{command: (option strings, subcommand names)} and the global options, from argparse."""
     import argparse
 
-    from hugexml.cli import build_parser
+    from hugexml.cli.main import build_parser
 
     parser = build_parser()
     glob = [s for a in parser._actions for s in a.option_strings]
@@ -356,14 +356,14 @@ def test_man_page_covers_every_command_and_option():
     assert not missing, f"man page lacks: {missing}"
     documented = set(re.findall(r"^\.SS hugexml ([a-z][a-z-]*)", text, re.M))
     assert documented == set(commands), "man page sections for commands the CLI lacks"
-    from hugexml.cli import COMMANDS
+    from hugexml.cli.main import COMMANDS
 
     assert set(commands) == set(COMMANDS), "build_parser() must build every command"
 
 
 def shipped_config_defaults() -> dict[str, dict[str, str]]:
     """{section: {key: default}} from the default config text, where every key is commented."""
-    from hugexml.config import DEFAULT_CONFIG_TEXT
+    from hugexml.core.config import DEFAULT_CONFIG_TEXT
 
     cfg = configparser.ConfigParser(interpolation=None)
     cfg.read_string(re.sub(r"^#\s?(?=\w+\s*=)", "", DEFAULT_CONFIG_TEXT, flags=re.M))
@@ -459,7 +459,8 @@ def test_srpm_is_spec_plus_sdist(built):
                  "packaging/hugexml.conf", "packaging/hugexml.bash-completion",
                  "packaging/hugexml.tmpfiles", "packaging/systemd/" + DROPIN,
                  "tests/conftest.py", "tests/test_rpm.py", "README.md", "setup.cfg",
-                 "LICENSE", "hugexml/hook.py", "hugexml/commands/__init__.py"):
+                 "LICENSE", "hugexml/hook.py", "hugexml/qemuhook/dispatch.py",
+                 "hugexml/cli/__init__.py", "hugexml/cli/plan.py"):
         assert need in names, need
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 
@@ -529,7 +530,8 @@ def test_installed_package_imports_and_runs(installed, tmp_path):
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         pytest.skip(f"no {SYSTEM_PYTHON}")
     env = installed_env(installed, tmp_path)
-    proc = _run([SYSTEM_PYTHON, "-c", "import hugexml, hugexml.cli, hugexml.hook; "
+    proc = _run([SYSTEM_PYTHON, "-c", "import hugexml, hugexml.cli.main, "
+                 "hugexml.qemuhook.dispatch, hugexml.hook; "
                  "print(hugexml.__file__)"], env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().startswith(str(sitelib(installed))), proc.stdout

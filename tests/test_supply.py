@@ -14,12 +14,12 @@ from allocfix import G1, M2, guest, plan
 from simkernel import GIB, make_kernel
 from supplyfix import Clock, keep_pages, supply_table
 
-from hugexml.alloc import Allocator
-from hugexml.errors import HostError
-from hugexml.fit import Margin
-from hugexml.pagesize import Backing, choose_fitting
-from hugexml.supply import from_env, host_supply, read_supply
-from hugexml.tally import HostSupply, Need, PoolSupply, Tally, guest_key_of
+from hugexml.alloc.allocator import Allocator
+from hugexml.alloc.supply import from_env, host_supply, read_supply
+from hugexml.core.errors import HostError
+from hugexml.planning.fit import Margin
+from hugexml.planning.pagesize import Backing, choose_fitting
+from hugexml.planning.tally import HostSupply, Need, PoolSupply, Tally, guest_key_of
 
 SIZES = (M2, G1)
 ROOMY = 64 * GIB  # normal memory above the margin: never the limit unless a case says so

@@ -1,4 +1,4 @@
-"""hugexml.typed: records as dataclasses behave, with no code generated at import."""
+"""hugexml.core.typed: records as dataclasses behave, with no code generated at import."""
 from __future__ import annotations
 
 import subprocess
@@ -7,7 +7,7 @@ from typing import Optional
 
 import pytest
 
-from hugexml.typed import Typed, as_dict, field, fields, replace
+from hugexml.core.typed import Typed, as_dict, field, fields, replace
 
 
 class Point(Typed, frozen=True):
@@ -79,7 +79,8 @@ def test_subclasses_extend_the_fields_and_replace_copies():
 
 
 def test_importing_records_does_not_import_dataclasses():
-    code = ("import sys, hugexml.typed, hugexml.model, hugexml.records, hugexml.fit; "
+    code = ("import sys, hugexml.core.typed, hugexml.core.model, hugexml.planning.records, "
+            "hugexml.planning.fit; "
             "print(sorted(m for m in ('dataclasses', 'inspect', 'typing') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
                          check=True, cwd="/")

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hugexml import units
-from hugexml.units import UnitError, ascii_uint, numbered
+from hugexml.core import units
+from hugexml.core.units import UnitError, ascii_uint, numbered
 
 KI, MI, GI, TI, PI, EI = (1024**p for p in range(1, 7))
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hugexml import usage
-from hugexml.root import HostRoot
+from hugexml.core.root import HostRoot
+from hugexml.host import usage
 
 NUMA_MAPS_2M = """\
 559a5a400000 default file=/usr/bin/qemu-system-x86_64 mapped=200 N0=200 kernelpagesize_kB=4
@@ -281,11 +281,11 @@ def fake_host(tmp_path: Path, monkeypatch):
     from allocfix import make_config
     from fakekernel import FakeKernel
 
-    from hugexml.alloc import Allocator
-    from hugexml.commands import _alloc
-    from hugexml.domxml import plan_xml
-    from hugexml.hostinfo import read_host_info
-    from hugexml.model import GuestId
+    from hugexml.alloc.allocator import Allocator
+    from hugexml.cli import _alloc
+    from hugexml.core.model import GuestId
+    from hugexml.host.hostinfo import read_host_info
+    from hugexml.xml.domxml import plan_xml
 
     fk = FakeKernel(tmp_path / "root", nodes=2)
     monkeypatch.setattr(_alloc, "MAKE_GATEWAY", lambda root: fk.gateway())
@@ -314,7 +314,7 @@ def fake_host(tmp_path: Path, monkeypatch):
 def run_status(ctx: Ctx, argv: list[str], capsys) -> tuple[int, str]:
     import argparse
 
-    from hugexml.commands import status
+    from hugexml.cli import status
 
     parser = argparse.ArgumentParser()
     status.add_arguments(parser)
@@ -390,7 +390,7 @@ def test_status_prometheus_flags_mismatch_in_the_metric(fake_host, capsys):
     ["--prometheus", "--json"], ["--prometheus", "-", "--guests"], ["--prometheus", ""],
 ])
 def test_status_prometheus_stdout_conflicts_are_one_line(fake_host, capsys, argv):
-    from hugexml.errors import InvalidInput
+    from hugexml.core.errors import InvalidInput
 
     _fk, ctx, _place = fake_host
     with pytest.raises(InvalidInput, match="--prometheus"):

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from rules import RULES, domain
 
-from hugexml import qemuargs
-from hugexml.domxml import plan_xml
-from hugexml.errors import InvalidDomain
-from hugexml.model import HostInfo
+from hugexml.core.errors import InvalidDomain
+from hugexml.core.model import HostInfo
+from hugexml.xml import qemuargs
+from hugexml.xml.domxml import plan_xml
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "libvirt-validation.md"
@@ -61,8 +61,8 @@ def test_the_hooks_plan_takes_automatic_placement(rule_id: str) -> None:
 def test_a_device_node_without_cells() -> None:
     """virDomainMemoryDefValidate's first check: the qemu driver's hotplug checks run before
     it, so only validate_device itself shows it."""
-    from hugexml.model import Domain, MemoryDevice
-    from hugexml.validate import validate_device
+    from hugexml.core.model import Domain, MemoryDevice
+    from hugexml.planning.validate import validate_device
 
     dev = MemoryDevice("dimm", 0, 524288, 0)
     with pytest.raises(InvalidDomain, match="can't add memory backend as guest has no NUMA "

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from hugexml.errors import SelfCheckFailed
-from hugexml.xmlsafe import parse_bytes
-from hugexml.xmlsplice import Layout, Splice, bind, indent_of, scan
+from hugexml.core.errors import SelfCheckFailed
+from hugexml.xml.xmlsafe import parse_bytes
+from hugexml.xml.xmlsplice import Layout, Splice, bind, indent_of, scan
 
 
 def spans_by_name(data: bytes) -> tuple[dict, Layout]:

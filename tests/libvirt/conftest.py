@@ -85,7 +85,7 @@ def testbed(real_host_lock):
         for path in sorted(hugetlbfs_mounts() - mounts_before, reverse=True):
             subprocess.run(["umount", path], check=False)
         for path in sorted(set(MOUNTS.values()) - mount_dirs_before):
-            try:  # made by bed.mount or by the hook's prepare (hugexml.mounts.ensure_mount)
+            try:  # made by bed.mount or by the hook's prepare (hugexml.system.mounts.ensure_mount)
                 os.rmdir(path)
             except OSError:
                 pass
@@ -119,8 +119,8 @@ def bed(testbed: LibvirtBed):
 def _reset(bed: LibvirtBed) -> None:
     bed.remove_all_domains()
     bed.remove_config()
-    from hugexml.daemon import libvirt_visible_sizes
-    from hugexml.root import HostRoot
+    from hugexml.core.root import HostRoot
+    from hugexml.system.daemon import libvirt_visible_sizes
 
     need_restart = not _pid_alive(bed.pids.get("libvirtd", 0))
     for size_kib in MOUNTS:

@@ -23,13 +23,13 @@ from typing import Any, Optional
 
 from lxml import etree
 
-from hugexml import qemuargs, qemurender
-from hugexml.domxml import plan_xml
-from hugexml.errors import HugexmlError, UnsupportedPageSize
-from hugexml.model import HostInfo
-from hugexml.pagesize import Pick
-from hugexml.rewrite import rewrite_xml
-from hugexml.typed import fields
+from hugexml.core.errors import HugexmlError, UnsupportedPageSize
+from hugexml.core.model import HostInfo
+from hugexml.core.typed import fields
+from hugexml.planning.pagesize import Pick
+from hugexml.xml import qemuargs, qemurender
+from hugexml.xml.domxml import plan_xml
+from hugexml.xml.rewrite import rewrite_xml
 
 NUMAD = "Advice from numad is needed"
 MEMFD_SIZE = ("hugexml refuses a memfd page size the kernel lacks, which domxml-to-native "

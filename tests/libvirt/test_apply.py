@@ -140,8 +140,8 @@ def test_all_over_a_mix_refuses_what_does_not_fit(bed, tmp_path):
 
 
 def test_running_guest_untouched_until_restart_then_really_gets_2m_pages(bed, tmp_path):
-    from hugexml.root import HostRoot
-    from hugexml.usage import guest_usage
+    from hugexml.core.root import HostRoot
+    from hugexml.host.usage import guest_usage
 
     backups = tmp_path / "backups"
     name = bed.define("run-plain", memory_mib=128, page_kib=None)

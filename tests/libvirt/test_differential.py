@@ -50,8 +50,8 @@ SUMMARY: dict[str, dict] = {}
 def oracle(testbed):
     import libvirt
 
-    from hugexml.hostinfo import read_host_info
-    from hugexml.root import HostRoot
+    from hugexml.core.root import HostRoot
+    from hugexml.host.hostinfo import read_host_info
 
     oracle = Oracle(libvirt.open("qemu:///system"), read_host_info(HostRoot("/")), dict(MOUNTS))
     try:

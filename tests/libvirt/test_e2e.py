@@ -79,7 +79,7 @@ def test_1g_guest_starts_on_an_empty_pool_and_gives_the_page_back(bed):
 def test_a_start_that_cannot_be_served_fails_with_one_line_and_changes_nothing(bed, case):
     if case == "too-big":
         # more than the whole machine: no compaction or reclaim can produce it (on one
-        # node hugexml.fit words it as the floor the demand would break, naming the demand)
+        # node hugexml.planning.fit words it as the floor the demand would break, naming the demand)
         memory_mib = (meminfo_kib("MemTotal") // 1024 // 1024 + 4) * 1024
         expect = f"taking {memory_mib // 2} x 2048 KiB pages would leave"
     else:
@@ -215,9 +215,9 @@ def test_an_admin_pool_is_never_shrunk(bed):
 
 # mounts issue: the hook's line reaches `virsh start` verbatim ------------------------------
 def test_missing_mount_line_reaches_virsh_and_memfd_is_the_way_out(bed):
-    from hugexml.daemon import mount_problem
-    from hugexml.errors import MountMissing
-    from hugexml.root import HostRoot
+    from hugexml.core.errors import MountMissing
+    from hugexml.core.root import HostRoot
+    from hugexml.system.daemon import mount_problem
 
     bed.write_config("[release]\nkeep_for = 1G=0\n")
     bed.stop_libvirtd()
@@ -248,7 +248,7 @@ def test_missing_mount_line_reaches_virsh_and_memfd_is_the_way_out(bed):
 
 
 def test_suite_uses_the_installed_hook(bed):
-    from hugexml.install import ownership
+    from hugexml.qemuhook.install import ownership
 
     assert ownership(HOOK_FILE) == "intact"
     assert all(path in bed.run("cat", "/proc/self/mounts").stdout for path in MOUNTS.values())

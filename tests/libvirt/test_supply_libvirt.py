@@ -25,11 +25,11 @@ from domgen import generate
 from libvirt_bed import MOUNTS
 from test_differential import oracle  # noqa: F401  (the differential's module fixture)
 
-from hugexml.errors import HugexmlError
-from hugexml.pagesize import Pick
-from hugexml.refit import refit_for_host
-from hugexml.rewrite import rewrite_xml
-from hugexml.tally import HostSupply, PoolSupply
+from hugexml.core.errors import HugexmlError
+from hugexml.planning.pagesize import Pick
+from hugexml.planning.tally import HostSupply, PoolSupply
+from hugexml.xml.refit import refit_for_host
+from hugexml.xml.rewrite import rewrite_xml
 
 pytestmark = pytest.mark.libvirt
 

@@ -11,8 +11,8 @@ pytestmark = pytest.mark.libvirt
 
 
 def wait_usage(name: str, timeout_s: float = 10.0):
-    from hugexml.root import HostRoot
-    from hugexml.usage import guest_usage
+    from hugexml.core.root import HostRoot
+    from hugexml.host.usage import guest_usage
 
     deadline = time.monotonic() + timeout_s
     while True:
@@ -31,14 +31,14 @@ def test_running_2m_guest_reports_its_real_pages(bed):
     assert usage.uuid == bed.uuid(name)
     ledger = bed.ledger()
     if ledger.get("guests"):
-        from hugexml.usage import compare, ledger_claims
+        from hugexml.host.usage import compare, ledger_claims
 
         usage.ledger = ledger_claims(ledger, name, usage.uuid)
         assert compare(usage) == [], ledger
     # The metrics text carries the guest's pages.
     from prometheus_client.parser import text_string_to_metric_families
 
-    from hugexml.prometheus import render
+    from hugexml.system.prometheus import render
 
     text = render({"pools": [{"node": 0, "page_size_kib": 2048, "total": 64, "free": 0}]}, [usage])
     fams = {f.name: f for f in text_string_to_metric_families(text)}
@@ -52,8 +52,8 @@ def test_guest_without_hugepages_maps_none(bed):
     name = bed.define("usage-plain", memory_mib=64, page_kib=None)
     bed.start(name)
     time.sleep(0.5)
-    from hugexml.root import HostRoot
-    from hugexml.usage import guest_usage
+    from hugexml.core.root import HostRoot
+    from hugexml.host.usage import guest_usage
 
     [usage] = [u for u in guest_usage(HostRoot("/")) if u.name == name]
     assert usage.mapped == {} and usage.demand in ({}, None) and usage.mismatches == []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hugexml.boot import kernel_params, parse_specs
+from hugexml.system.boot import kernel_params, parse_specs
 
 M2, G1 = 2048, 1 << 20
 

@@ -56,7 +56,7 @@ SCENARIOS: dict[str, list[tuple]] = {
         ("node", 1, M2, 10), ("use", 1, M2, 6, "a"), ("node", 1, M2, 2), ("node", 3, M2, 4),
         ("node", 3, M2, 0), ("unuse", "a"), ("node", 1, M2, 0), ("node", 3, M2, 0)],
     # nr_hugepages_mempolicy: a global persistent target, pages added and freed only on the
-    # bound node (the host gateway's bound writes, hugexml/mempolicy.py)
+    # bound node (the host gateway's bound writes, hugexml/host/mempolicy.py)
     "bound writes change only the bound node": [
         ("node", 1, M2, 6), ("bound", 3, M2, 10), ("bound", 1, M2, 8), ("bound", 3, M2, 4),
         ("node", 1, M2, 0)],

@@ -292,8 +292,8 @@ def test_the_gateway_lands_exactly_while_another_node_has_surplus_pages(vm):
     and shrinks of other nodes land on their counts (Linux < 6.7 would miss by node 1's
     surplus, and every kernel keeps free pages while surplus pages are in use), node 1 is
     never changed, and the thread's memory policy is the default again."""
-    from hugexml.host import HostGateway
-    from hugexml.root import HostRoot
+    from hugexml.core.root import HostRoot
+    from hugexml.host.sysfs import HostGateway
 
     with surplus_in_use_on_node_1():
         start = pools()

@@ -1,10 +1,11 @@
 """Helpers for the tests that run inside the numavm VM (real kernel, real sysfs).
 
-``Vm`` runs the CLI and the hook in this process (``hugexml.cli.main``, ``hugexml.hook.main``:
-the code the installed commands run, without a 3 s interpreter start per call under TCG), with
-a state dir and a config file of the test's own. ``pools()`` reads sysfs directly, never
-through hugexml. ``HugeFile`` makes pages in use or reserved on a chosen node the way a guest
-does: a hugetlbfs file mapped and touched under a bound memory policy.
+``Vm`` runs the CLI and the hook in this process (``hugexml.cli.main.main``,
+``hugexml.qemuhook.dispatch.main``: the code the installed commands run, without a 3 s
+interpreter start per call under TCG), with a state dir and a config file of the test's own.
+``pools()`` reads sysfs directly, never through hugexml. ``HugeFile`` makes pages in use or
+reserved on a chosen node the way a guest does: a hugetlbfs file mapped and touched under a
+bound memory policy.
 """
 from __future__ import annotations
 
@@ -197,7 +198,7 @@ class Vm:
         return {"HUGEXML_STATE_DIR": self.state_dir, "HUGEXML_CONFIG": self.config_path}
 
     def cli(self, *argv: str, stdin: bytes = b"") -> Result:
-        from hugexml.cli import main
+        from hugexml.cli.main import main
 
         out, err = io.StringIO(), io.StringIO()
         args = ["--state-dir", self.state_dir, "--config", self.config_path, *argv]
@@ -214,7 +215,7 @@ class Vm:
         return result
 
     def hook(self, name: str, op: str, subop: str, xml: str) -> Result:
-        from hugexml.hook import main
+        from hugexml.qemuhook.dispatch import main
 
         out, err = io.StringIO(), io.StringIO()
         saved = {k: os.environ.get(k) for k in self.env}
