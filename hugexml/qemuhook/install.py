@@ -25,62 +25,60 @@ ORIGINAL_SUFFIX = ".hugexml-orig"
 PLACEHOLDER_PYTHON = "/usr/bin/python3"
 MARKER = "# hugexml-hook sha256="
 
-HOOK_BODY = """\
+# Both hook files share one guard: when hugexml cannot be imported, only a prepare of a
+# hugepage guest fails; every other call exits 0, and os._exit keeps a closed pipe from
+# turning that 0 into 120. Only the header, the entry point and its call differ.
+_GUARDED = """\
+@HEAD@# libvirt stops a running guest whose started/reconnect hook exits non-zero: only prepare may
+# fail, so even a broken installation (hugexml not importable) exits 0 everywhere else.
+import os
+import sys
+
+try:
+    from hugexml.hook import @ENTRY@
+except BaseException as exc:
+    code = 0  # started/reconnect/release: never stop a guest; filters: XML unchanged
+    if sys.argv[2:4] == ["prepare", "begin"]:
+        data = sys.stdin.buffer.read(16 << 20)
+        if b"<hugepages" in data or b"<pagesize" in data:  # only hugepage guests need us
+            sys.stderr.write(f"hugexml: cannot load hugexml ({type(exc).__name__}: {exc}); "
+                             "hugepage guests cannot start until it is repaired\\n")
+            code = 1
+else:
+@RUN@try:
+    sys.stdout.flush()
+    sys.stderr.flush()
+except BaseException:  # a closed pipe must not turn exit 0 into 120
+    pass
+os._exit(code)
+"""
+
+
+def _guarded(header: str, entry: str, run: str) -> str:
+    return (_GUARDED.replace("@HEAD@", header).replace("@ENTRY@", entry)
+            .replace("@RUN@", run))
+
+
+HOOK_BODY = _guarded(
+    """\
 # hugexml: libvirt qemu hook. `hugexml install-hook` installs this file with the interpreter
 # above replaced by an absolute path (never a pyenv shim: it costs ~75 ms per guest event).
-# libvirt stops a running guest whose started/reconnect hook exits non-zero: only prepare may
-# fail, so even a broken installation (hugexml not importable) exits 0 everywhere else.
-import os
-import sys
-
-try:
-    from hugexml.hook import main
-except BaseException as exc:
-    code = 0  # started/reconnect/release: never stop a guest; filters: XML unchanged
-    if sys.argv[2:4] == ["prepare", "begin"]:
-        data = sys.stdin.buffer.read(16 << 20)
-        if b"<hugepages" in data or b"<pagesize" in data:  # only hugepage guests need us
-            sys.stderr.write(f"hugexml: cannot load hugexml ({type(exc).__name__}: {exc}); "
-                             "hugepage guests cannot start until it is repaired\\n")
-            code = 1
-else:
+""",
+    "main",
+    """\
     code = main(sys.argv, sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
-try:
-    sys.stdout.flush()
-    sys.stderr.flush()
-except BaseException:  # a closed pipe must not turn exit 0 into 120
-    pass
-os._exit(code)
-"""
+""")
 
-LEGACY_BODY = """\
+LEGACY_BODY = _guarded(
+    """\
 # hugexml: legacy single-file libvirt qemu hook. Runs the admin's previous hook (kept next to
 # this file as qemu.hugexml-orig) first, then hugexml. Installed by `hugexml install-hook --legacy`.
-# libvirt stops a running guest whose started/reconnect hook exits non-zero: only prepare may
-# fail, so even a broken installation (hugexml not importable) exits 0 everywhere else.
-import os
-import sys
-
-try:
-    from hugexml.hook import chain
-except BaseException as exc:
-    code = 0  # started/reconnect/release: never stop a guest; filters: XML unchanged
-    if sys.argv[2:4] == ["prepare", "begin"]:
-        data = sys.stdin.buffer.read(16 << 20)
-        if b"<hugepages" in data or b"<pagesize" in data:  # only hugepage guests need us
-            sys.stderr.write(f"hugexml: cannot load hugexml ({type(exc).__name__}: {exc}); "
-                             "hugepage guests cannot start until it is repaired\\n")
-            code = 1
-else:
+""",
+    "chain",
+    """\
     ORIGINAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "qemu.hugexml-orig")
     code = chain(sys.argv, sys.stdin.buffer, sys.stdout.buffer, sys.stderr, ORIGINAL)
-try:
-    sys.stdout.flush()
-    sys.stderr.flush()
-except BaseException:  # a closed pipe must not turn exit 0 into 120
-    pass
-os._exit(code)
-"""
+""")
 
 
 def render(body: str, python: str, sys_path: Optional[str] = None) -> str:
