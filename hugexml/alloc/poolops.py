@@ -45,7 +45,7 @@ class PoolOps:
         boot_id = getattr(gateway, "boot_id", None)
         self.store = Store(state_dir, float(config.lock_timeout_s), clock,
                            boot_id=boot_id() if callable(boot_id) else "")
-        self.margin = Margin(int(config.margin_min_kib), float(config.margin_percent))
+        self.margin = Margin.of(config)
         self.demoter = Demoter(gateway, self.store, clock)
         self.report: dict[str, Any] = {}  # what the last session's recovery did
 

@@ -175,7 +175,7 @@ def _from_guests(args: argparse.Namespace, ctx: Any) -> int:
         raise HostError(path=skipped[0].reason.split(": ", 1)[0],
                         reason=skipped[0].reason.split(": ", 1)[-1])
     totals = boot.mem_totals(ctx.root, host.nodes)
-    margin = Margin(int(config.margin_min_kib), float(config.margin_percent))
+    margin = Margin.of(config)
     plan = bootplan.plan_boot([g.plan for g in guests], totals, host.page_sizes_kib, margin)
     per_node = len(host.nodes) > 1
     specs = plan.specs(per_node)

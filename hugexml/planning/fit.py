@@ -28,6 +28,8 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~4 ms
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any, Optional
 
+    from hugexml.core.config import Config
+
 Pool = tuple[int, int]  # (node, size_kib)
 
 
@@ -53,6 +55,11 @@ class Margin(Typed, frozen=True):
 
     min_kib: int
     percent: float
+
+    @classmethod
+    def of(cls, config: Config) -> Margin:
+        """The config's ``[allocation] margin_min`` and ``margin_percent``."""
+        return cls(int(config.margin_min_kib), float(config.margin_percent))
 
     def floor_kib(self, mem_total_kib: int) -> int:
         return max(int(self.min_kib), int(mem_total_kib * self.percent / 100.0))

@@ -141,7 +141,7 @@ def check_autostart(doctor: Context) -> list[Check]:
     gw, config = doctor.gateway(), doctor.config()
     state = Store(doctor.state_dir, boot_id=gw.boot_id()).read()
     claimed = {rec.name for rec in state.guests.values()}
-    margin = Margin(int(config.margin_min_kib), float(config.margin_percent))
+    margin = Margin.of(config)
     supply = read_supply(gw, doctor.state_dir, margin)
     tally = Tally(supply)
     owned = {pool: min(book.kept_pages + book.unreleased,  # free, unreserved, unpromised
