@@ -38,7 +38,7 @@ STEPS = [
     "hugexml.system.daemon:libvirt_visible_sizes",
     "hugexml.qemuhook.dispatch:refit_for_hook",
     "hugexml.xml.refit:refit_for_host",
-    "hugexml.alloc.supply:from_env",
+    "hugexml.alloc.supply:for_filter",
     "hugexml.host.live:live_guest",
     "hugexml.core.config:load_config",
     "hugexml.alloc.ledger:Store.lock",
@@ -59,7 +59,7 @@ STEPS = [
     "hugexml.alloc.poolops:read_view",
 ]
 # Steps the migrate/restore filters pass through only to read what the host can supply now;
-# a failure there is contained (hugexml.alloc.supply.from_env), not a failure of the filter.
+# a failure there is contained (hugexml.alloc.supply.for_filter), not a failure of the filter.
 CONTAINED_IN_FILTERS = {"hugexml.core.config:load_config"}
 OPS = {"prepare": "gate", "started": "never-fail", "reconnect": "never-fail",
        "release": "never-fail", "restore": "filter", "migrate": "filter"}
@@ -133,7 +133,7 @@ def test_every_failure_keeps_the_contract(host, monkeypatch, tmp_path, op, step,
         if OPS[op] == "filter":
             assert out in (b"", xml) or out.startswith(b"<domain")
     if OPS[op] == "filter" and step in CONTAINED_IN_FILTERS:
-        # the filter's supply reader (hugexml.alloc.supply.from_env) contains it: sizes are judged
+        # the filter's supply reader (hugexml.alloc.supply.for_filter) contains it: sizes are judged
         # as before (this guest fits: its XML unchanged), the hook log says why
         assert out == xml, out
         log = (tmp_path / "state" / "hook.log").read_text()

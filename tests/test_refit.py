@@ -422,15 +422,17 @@ def test_the_restore_filter_counts_the_kept_pages_of_the_state(tmp_path, monkeyp
 
 
 def test_the_filter_without_a_readable_supply_refits_as_before(monkeypatch, tmp_path) -> None:
-    """The hook's entry (hook.refit_for_hook) reads the supply itself; when it cannot, the
-    refit is today's and a note says so."""
+    """The hook's entry (dispatch.refit_for_hook) reads the supply of the call's host itself;
+    when it cannot, the refit is today's and a note says so."""
+    from hugexml.qemuhook.dispatch import Call
     from hugexml.qemuhook.dispatch import refit_for_hook as hook_refit
 
     monkeypatch.setenv("HUGEXML_ROOT", str(tmp_path / "empty"))
     monkeypatch.setenv("HUGEXML_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.delenv("HUGEXML_CONFIG", raising=False)
-    result = hook_refit(GUEST_1G, ONLY_2M, None, "g1")
+    call = Call(["qemu", "g1", "restore", "begin", "-"], None, None, None, None)
+    result = hook_refit(call, GUEST_1G, ONLY_2M, None)
     assert result.data == refit_for_host(GUEST_1G, ONLY_2M, None, "g1").data
     assert result.notes[-1].startswith("what this host can supply now is unknown (")
-    fits = hook_refit(GUEST_1G, BOTH, BOTH_MOUNTED, "g1")
+    fits = hook_refit(call, GUEST_1G, BOTH, BOTH_MOUNTED)
     assert fits.data is GUEST_1G and not fits.changed

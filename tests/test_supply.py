@@ -15,8 +15,10 @@ from simkernel import GIB, make_kernel
 from supplyfix import Clock, keep_pages, supply_table
 
 from hugexml.alloc.allocator import Allocator
-from hugexml.alloc.supply import from_env, host_supply, read_supply
+from hugexml.alloc.supply import for_filter, host_supply, read_supply
+from hugexml.core.config import Config, load_config
 from hugexml.core.errors import HostError
+from hugexml.core.root import HostRoot
 from hugexml.planning.fit import Margin
 from hugexml.planning.pagesize import Backing, choose_fitting
 from hugexml.planning.tally import HostSupply, Need, PoolSupply, Tally, guest_key_of
@@ -231,29 +233,25 @@ def test_a_kernel_that_cannot_be_read_raises_one_host_error(kernel, tmp_path) ->
 def test_host_supply_reads_the_margin_from_the_config(kernel, tmp_path) -> None:
     conf = tmp_path / "hugexml.conf"
     conf.write_text("[allocation]\nmargin_min = 15G\nmargin_percent = 0\n")
-    supply = host_supply(kernel.fk.host_root, str(tmp_path / "state"), str(conf), True)
+    supply = host_supply(kernel.fk.host_root, str(tmp_path / "state"),
+                         load_config(str(conf), True))
     assert supply.room_kib[0] == kernel.fk.mem_free_kib(0) - 15 * GIB < 0
     size, why = choose_fitting([cell(1)], (M2,), Tally(supply))
     assert size is Backing.NORMAL and "allocatable 0 within the margin" in why
 
 
-def test_from_env_never_raises(monkeypatch, tmp_path) -> None:
-    monkeypatch.setenv("HUGEXML_ROOT", str(tmp_path / "nothing-here"))
-    monkeypatch.setenv("HUGEXML_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.delenv("HUGEXML_CONFIG", raising=False)
-    supply, why = from_env()
+def test_the_filters_reader_never_raises(kernel, tmp_path) -> None:
+    state = str(tmp_path / "state")
+    supply, why = for_filter(HostRoot(str(tmp_path / "nothing-here")), state, Config)
     assert supply is None and why is not None
     assert why.startswith("what this host can supply now is unknown (")
     assert why.endswith("page sizes judged as with --page-size largest")
-    monkeypatch.setenv("HUGEXML_CONFIG", str(tmp_path / "missing.conf"))  # named: must exist
-    assert from_env()[0] is None
+    missing = str(tmp_path / "missing.conf")  # named: must exist
+    assert for_filter(kernel.fk.host_root, state, lambda: load_config(missing, True))[0] is None
 
 
-def test_from_env_reads_the_fake_host(monkeypatch, kernel, tmp_path) -> None:
+def test_the_filters_reader_reads_the_fake_host(kernel, tmp_path) -> None:
     state = str(tmp_path / "state")
     keep_two_1g_pages(kernel, state, Clock())
-    monkeypatch.setenv("HUGEXML_ROOT", kernel.fk.root)
-    monkeypatch.setenv("HUGEXML_STATE_DIR", state)
-    monkeypatch.delenv("HUGEXML_CONFIG", raising=False)
-    supply, why = from_env()
+    supply, why = for_filter(kernel.fk.host_root, state, Config)
     assert why is None and supply is not None and supply.pools[(0, G1)].kept == 2

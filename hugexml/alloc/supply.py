@@ -2,12 +2,11 @@
 
 ``read_supply`` fills the snapshot: one view read through the HostGateway, buddyinfo, one
 read of the state store (no lock taken for long, nothing written, no libvirt).
-``host_supply`` adds the margin from the config; ``from_env`` is the hook filter's reader,
+``host_supply`` adds the margin from the config; ``for_filter`` is the hook filter's reader,
 which never raises (a failure is a note and sizes are judged as before).
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Callable, Optional
 
@@ -15,6 +14,7 @@ from hugexml.planning.tally import HostSupply, Pool, PoolSupply
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the filter's path imports this module
 if TYPE_CHECKING:  # pragma: no cover
+    from hugexml.core.config import Config
     from hugexml.core.root import HostRoot
     from hugexml.host.gateway import Gateway
     from hugexml.planning.fit import HostView, Margin
@@ -84,21 +84,16 @@ def _read_state(gateway: Gateway, state_dir: str, view: HostView, now: float, wa
     return {p: n for p, n in kept.items() if n}, held
 
 
-def host_supply(root: HostRoot, state_dir: Optional[str], config_path: str,
-                config_explicit: bool = False, gateway: Optional[Gateway] = None,
-                wait: bool = True) -> HostSupply:
-    """``read_supply`` for a host root, with the margin of the config ([allocation]
-    margin_min, margin_percent). Raises HugexmlError."""
-    from hugexml.core.config import load_config
+def host_supply(root: HostRoot, state_dir: Optional[str], config: Config,
+                gateway: Optional[Gateway] = None, wait: bool = True) -> HostSupply:
+    """``read_supply`` for a host root, with the config's margin. Raises HugexmlError."""
     from hugexml.planning.fit import Margin
 
-    config = load_config(config_path, config_explicit)
-    margin = Margin(int(config.margin_min_kib), float(config.margin_percent))
     if gateway is None:
         from hugexml.host.sysfs import HostGateway
 
         gateway = HostGateway(root)
-    return read_supply(gateway, state_dir, margin, wait=wait)
+    return read_supply(gateway, state_dir, Margin.of(config), wait=wait)
 
 
 def unknown_note(exc: BaseException) -> str:
@@ -109,15 +104,12 @@ def unknown_note(exc: BaseException) -> str:
             "sizes judged as with --page-size largest")
 
 
-def from_env() -> tuple[Optional[HostSupply], Optional[str]]:
-    """The hook filter's reader: the host, state dir and config the environment names (as
-    the hook's ``Call``), the state files read as they are (no lock wait). Never raises:
+def for_filter(root: HostRoot, state_dir: str, config: Callable[[], Config]
+               ) -> tuple[Optional[HostSupply], Optional[str]]:
+    """The hook filter's reader: the hook call's host, state dir and config (loaded here,
+    inside the containment), the state files read as they are (no lock wait). Never raises:
     (None, why) when anything fails, so the filter keeps its fail-open contract."""
     try:
-        from hugexml.core.root import CONFIG_ENV, HostRoot, config_from_env, state_dir_from_env
-
-        root = HostRoot.from_env()
-        return host_supply(root, state_dir_from_env(None, root), config_from_env(None, root),
-                           bool(os.environ.get(CONFIG_ENV)), wait=False), None
+        return host_supply(root, state_dir, config(), wait=False), None
     except Exception as exc:  # the filter fails open: a bug here must not stop a restore
         return None, unknown_note(exc)

@@ -131,7 +131,7 @@ def read_supply(ctx: Any) -> tuple[Any, list[str]]:
     from hugexml.core.errors import HugexmlError
 
     try:
-        supply = host_supply(ctx.root, ctx.state_dir, ctx.config_path, ctx.config_explicit,
+        supply = host_supply(ctx.root, ctx.state_dir, _alloc.load(ctx),
                              gateway=_alloc.gateway(ctx))
     except HugexmlError as exc:
         return None, [unknown_note(exc)]

@@ -325,9 +325,8 @@ def _filter(call: Call) -> int:
     if mentions_hugepages(data):
         from hugexml.system.daemon import libvirt_visible_sizes
 
-        result = refit_for_hook(data, call.host_info(),
-                                libvirt_visible_sizes(call.root, call.state_dir),
-                                f"domain '{call.name}' XML")
+        result = refit_for_hook(call, data, call.host_info(),
+                                libvirt_visible_sizes(call.root, call.state_dir))
         if result.changed:
             out = result.data
             call.log("refitted: " + "; ".join(result.notes))
@@ -338,17 +337,18 @@ def _filter(call: Call) -> int:
     return 0
 
 
-def refit_for_hook(data: bytes, host: HostInfo, mounted_sizes_kib: Optional[Iterable[int]],
-                   source: str) -> RewriteResult:
+def refit_for_hook(call: Call, data: bytes, host: HostInfo,
+                   mounted_sizes_kib: Optional[Iterable[int]]) -> RewriteResult:
     """The migrate/restore filter as the hook calls it: ``refit_for_host`` with what this
-    host can supply now (``supply.from_env``: the host, state dir and config the environment
-    names). When that cannot be read, sizes are judged as before and a note says so: the
-    supply never makes the filter fail."""
-    from hugexml.alloc.supply import from_env
+    host can supply now (``supply.for_filter``: this call's host, state dir and config).
+    When that cannot be read, sizes are judged as before and a note says so: the supply
+    never makes the filter fail."""
+    from hugexml.alloc.supply import for_filter
     from hugexml.xml.refit import refit_for_host
 
-    supply, unknown = from_env()
-    result = refit_for_host(data, host, mounted_sizes_kib, source, supply=supply)
+    supply, unknown = for_filter(call.root, call.state_dir, call.config)
+    result = refit_for_host(data, host, mounted_sizes_kib,
+                            f"domain '{call.name}' XML", supply=supply)
     if unknown is not None:
         result.notes.append(unknown)
     elif result.changed and supply is not None:
