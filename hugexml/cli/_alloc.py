@@ -60,6 +60,11 @@ def allocator(ctx: Any, progress: bool = True) -> Any:
                      progress=tty_progress() if progress else None)
 
 
+def pool_args(args: Any) -> tuple[int, int, Optional[int]]:
+    """(size_kib, count, node) of ``add_pool_arguments``' options, each checked."""
+    return size_arg(args.size), count_arg(args.count), node_arg(args.node)
+
+
 def size_arg(text: str, option: str = "--size") -> int:
     from hugexml.core.errors import InvalidInput
     from hugexml.core.units import UnitError, parse_cli_size_kib

@@ -23,16 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
-    from hugexml.cli._alloc import (
-        allocator,
-        count_arg,
-        fmt_pools,
-        node_arg,
-        print_json,
-        size_arg,
-    )
+    from hugexml.cli._alloc import allocator, fmt_pools, pool_args, print_json
 
-    size_kib, count, node = size_arg(args.size), count_arg(args.count), node_arg(args.node)
+    size_kib, count, node = pool_args(args)
     result = allocator(ctx).allocate_admin(size_kib, count, node, dry_run=args.dry_run)
     if args.json:
         print_json(result)
