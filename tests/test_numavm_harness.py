@@ -92,3 +92,33 @@ def test_inner_report_keeps_each_tests_outcome_and_failure_text(tmp_path):
     assert "--- Captured stdout ---\nout" in tests["t::bad"]["text"]
     assert tests["t::skip"] == {"outcome": "skipped", "text": "Skipped: no 1G",
                                 "duration_s": 0.5}
+
+
+def numavm_conftest() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("numavm_conftest_batch",
+                                                  REPO / "tests/numavm/conftest.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SILENT = {"rc": 255, "log": "", "vm_s": 17.2, "error": "no report from inside the VM"}
+PASSED = {"rc": 0, "log": "....", "vm_s": 60.0, "tests": {"t::a": {"outcome": "passed"}}}
+
+
+@pytest.mark.parametrize("boots, expected_boots, retried", [
+    ([SILENT, PASSED], 2, "exit 255 after 17 s with no output"),   # silent death: once more
+    ([PASSED], 1, None),                                            # fine: one boot
+    ([dict(SILENT, log="Kernel panic"), PASSED], 1, None),          # it said why: no retry
+    ([SILENT, SILENT], 2, "exit 255 after 17 s with no output"),    # fails twice: fails
+])
+def test_a_vm_that_dies_without_a_word_is_booted_once_more(boots, expected_boots, retried):
+    module = numavm_conftest()
+    batch = module.Batch(config=None)
+    queue = list(boots)
+    batch._boot = lambda group: dict(queue.pop(0))
+    result = batch.run("boot")
+    assert len(boots) - len(queue) == expected_boots
+    assert result.get("retried") == retried
+    assert ("tests" in result) == (boots[expected_boots - 1] is PASSED)
